@@ -1,0 +1,328 @@
+//! The typed messages carried in handshake, request and response frames.
+//! They travel as JSON so that fields can be added without a new frame kind.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. The agent refuses a client whose version differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Fixed marker in every [`Hello`], so that a peer speaking something else is
+/// recognised at the first frame.
+pub const HELLO_MAGIC: &str = "distroctl";
+
+/// First frame on every connection, sent by both sides: the client first, the
+/// agent in reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`HELLO_MAGIC`].
+    pub magic: String,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Free-form software name and version, for logs and `distroctl status`.
+    pub software: String,
+}
+
+impl Hello {
+    /// The hello this build sends, naming `software`.
+    pub fn new(software: impl Into<String>) -> Self {
+        Hello {
+            magic: HELLO_MAGIC.to_string(),
+            protocol: PROTOCOL_VERSION,
+            software: software.into(),
+        }
+    }
+}
+
+/// Compression of a tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Plain tar.
+    #[default]
+    None,
+    /// gzip (`.tar.gz`, `.tgz`).
+    Gzip,
+    /// xz (`.tar.xz`).
+    Xz,
+    /// Zstandard (`.tar.zst`).
+    Zstd,
+}
+
+/// Resource limits of a distro, applied through its cgroup v2 group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `memory.max` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU bandwidth in thousandths of a CPU (`1500` = 1.5 CPUs), for `cpu.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// `pids.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Limits {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.pids.is_none()
+    }
+}
+
+/// Settings stored with each distro.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistroSettings {
+    /// Run the distro's own `/sbin/init` (systemd) as its PID 1 instead of
+    /// the agent's reaper.
+    #[serde(default)]
+    pub systemd: bool,
+    /// User that exec and shell use when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+}
+
+/// Terminal requested for an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRequest {
+    /// Rows at start.
+    pub rows: u16,
+    /// Columns at start.
+    pub cols: u16,
+    /// `TERM` for the process, when the client knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// Run a process in a distro.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Distro to run in; started first if it is not running.
+    pub distro: String,
+    /// Program and arguments; empty means the user's login shell.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Extra environment, applied over the defaults (`PATH`, `HOME`, …).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the distro; the user's home when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User name or numeric uid, looked up in the distro's `/etc/passwd`;
+    /// the distro's default user (else root) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A PTY with this size, or plain pipes when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtyRequest>,
+}
+
+/// What a client asks the agent to do. One request per connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Import a distro from the tar stream that follows in `Data` frames
+    /// (compression is detected). The agent answers `Ready` first, then
+    /// `Imported` or an error once it has seen `DataEnd`.
+    Import {
+        /// Name of the new distro.
+        name: String,
+        /// Settings stored with it.
+        #[serde(default)]
+        settings: DistroSettings,
+    },
+    /// Export a distro: the agent answers `Ready`, then sends the tar stream
+    /// in `Data` frames and ends with `DataEnd` (or an error response).
+    Export {
+        /// Distro to export.
+        name: String,
+        /// Compression of the stream.
+        #[serde(default)]
+        compression: Compression,
+    },
+    /// Start a distro; a no-op when it runs already.
+    Start {
+        /// Distro to start.
+        name: String,
+    },
+    /// Run a process; answered by `ExecStarted`, then stream frames until
+    /// `Exit`.
+    Exec(ExecRequest),
+    /// Kill every process of a distro and unmount it; its files stay.
+    Terminate {
+        /// Distro to terminate.
+        name: String,
+    },
+    /// List the distros with their state.
+    List,
+    /// Change the settings stored with a distro; they apply at its next start.
+    Configure {
+        /// Distro to change.
+        name: String,
+        /// The new settings, replacing the old ones.
+        settings: DistroSettings,
+    },
+    /// Terminate a distro and delete its files.
+    Unregister {
+        /// Distro to delete.
+        name: String,
+    },
+    /// Terminate every distro and flush the data disk; the agent then stops
+    /// accepting work.
+    Shutdown,
+}
+
+/// State of a distro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistroState {
+    /// Files present, no processes.
+    Stopped,
+    /// Its PID 1 runs.
+    Running,
+}
+
+/// One line of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistroInfo {
+    /// Distro name.
+    pub name: String,
+    /// Running or stopped.
+    pub state: DistroState,
+    /// Processes in the distro (0 when stopped).
+    pub pids: u32,
+    /// Memory charged to the distro's cgroup, when cgroups allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Space its files use on the data disk.
+    pub disk_bytes: u64,
+    /// Its stored settings.
+    #[serde(default)]
+    pub settings: DistroSettings,
+}
+
+/// Category of an agent error, so that clients can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// The request was malformed or not allowed at this point.
+    BadRequest,
+    /// The distro name does not match `[a-z0-9][a-z0-9._-]{0,63}`.
+    InvalidName,
+    /// No distro of that name.
+    NotFound,
+    /// A distro of that name exists already (or is being imported).
+    AlreadyExists,
+    /// The archive is not a tar stream, is damaged, or breaks the policy.
+    InvalidArchive,
+    /// The user does not exist in the distro.
+    NoSuchUser,
+    /// Starting the distro failed.
+    StartFailed,
+    /// The agent is shutting down.
+    ShuttingDown,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+/// An error reported by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentError {
+    /// Category.
+    pub kind: ErrorKind,
+    /// One sentence for the user: what failed and, where known, what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// The agent's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// Ready for (import) or about to send (export) the `Data` stream.
+    Ready,
+    /// The import finished.
+    Imported {
+        /// Bytes of tar stream received (after decompression).
+        bytes: u64,
+    },
+    /// The distro runs.
+    Started {
+        /// It was running before this request.
+        already_running: bool,
+        /// Whether cgroup limits could be applied (false when cgroup v2 is
+        /// not available; the distro runs without them).
+        limits_available: bool,
+    },
+    /// The process runs; stream frames follow.
+    ExecStarted {
+        /// Its PID inside the distro.
+        pid: u32,
+    },
+    /// The distros.
+    Distros {
+        /// One entry per distro, sorted by name.
+        distros: Vec<DistroInfo>,
+    },
+    /// The request failed.
+    Error(AgentError),
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error(AgentError {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_names_the_operation() {
+        let json = serde_json::to_string(&Request::Start {
+            name: "debian".into(),
+        })
+        .unwrap();
+
+        assert_eq!(json, r#"{"op":"start","name":"debian"}"#);
+    }
+
+    #[test]
+    fn exec_request_defaults_missing_fields() {
+        let req: Request = serde_json::from_str(r#"{"op":"exec","distro":"d"}"#).unwrap();
+
+        assert_eq!(
+            req,
+            Request::Exec(ExecRequest {
+                distro: "d".into(),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn error_response_round_trips() {
+        let resp = Response::error(ErrorKind::NotFound, "distro x is not installed");
+        let json = serde_json::to_string(&resp).unwrap();
+
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), resp);
+    }
+}
