@@ -1,1 +1,28 @@
-//! The guest agent.
+//! The distroctl guest agent: runs inside the utility VM and serves the host
+//! over vsock (or a Unix socket in tests). Each distro is a directory on the
+//! data disk started as its own namespace-isolated environment.
+
+pub mod archive;
+pub mod cgroup;
+pub mod distro_init;
+pub mod exec;
+pub mod lifecycle;
+pub mod namespaces;
+pub mod server;
+pub mod store;
+pub mod transfer;
+
+/// An error and its causes as one line, `outer: inner: root`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

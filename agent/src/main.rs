@@ -1,1 +1,93 @@
-fn main() {}
+//! `distroctl-agent`: the guest agent binary.
+
+use std::path::PathBuf;
+
+use agent::distro_init::{self, DistroInitConfig};
+use agent::lifecycle::Distros;
+use agent::server::{Agent, ListenAddr};
+use agent::store::Store;
+use clap::{Parser, Subcommand};
+
+/// The distroctl guest agent: imports, starts and runs distros, each in its
+/// own namespaces, on behalf of the host.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to serve on: `vsock:PORT` or `unix:PATH` (repeatable).
+    #[arg(long = "listen", default_value = "vsock:1024")]
+    listen: Vec<ListenAddr>,
+    /// Directory holding the distros.
+    #[arg(long, default_value = "/data")]
+    data_dir: PathBuf,
+    /// cgroup2 mount under which distro groups are made.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// PID 1 of a distro (started by the agent itself).
+    #[command(hide = true)]
+    DistroInit {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        systemd: bool,
+        #[arg(long)]
+        cgroup: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Internal::DistroInit {
+        name,
+        rootfs,
+        systemd,
+        cgroup,
+    }) = cli.internal
+    {
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_else(|_| "nameserver 10.0.2.3\n".into());
+        distro_init::run(DistroInitConfig {
+            name,
+            rootfs,
+            systemd,
+            cgroup,
+            resolv_conf: strip_comments(&resolv_conf),
+        });
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DISTROCTL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("distroctl-agent: {}", agent::error_chain(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::open(&cli.data_dir)?;
+    let cgroups = agent::cgroup::Cgroups::detect(&cli.cgroup_root);
+    let exe = std::env::current_exe()?;
+    let distros = Distros::new(store, cgroups, exe);
+    let agent = Agent::new(distros);
+    agent.serve(&cli.listen).await?;
+    Ok(())
+}

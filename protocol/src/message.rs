@@ -221,6 +221,10 @@ pub enum ErrorKind {
     InvalidArchive,
     /// The user does not exist in the distro.
     NoSuchUser,
+    /// The program to exec does not exist (clients exit with 127).
+    CommandNotFound,
+    /// The program to exec cannot be executed (clients exit with 126).
+    NotExecutable,
     /// Starting the distro failed.
     StartFailed,
     /// The agent is shutting down.

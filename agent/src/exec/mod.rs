@@ -1,0 +1,414 @@
+//! Running processes inside a distro: namespaces, user, environment, PTY or
+//! pipes, and the byte streams between the process and the client.
+
+mod passwd;
+mod pty;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use protocol::{ErrorKind, ExecRequest, Frame, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::lifecycle::{Distros, Running};
+use crate::namespaces::{spawn_in_pid_ns, DistroNamespaces};
+use crate::server::Connection;
+
+pub use passwd::{lookup, User};
+
+/// After the process exits, output still arriving is forwarded until the
+/// streams are idle this long (a background job may hold them open forever).
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
+
+/// Size of one output chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// `PATH` for root and for other users, as Debian's login sets it.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games";
+
+type Sink = SplitSink<Connection, Frame>;
+type Source = SplitStream<Connection>;
+
+/// Everything needed to spawn, resolved before forking.
+struct Plan {
+    program: CString,
+    arg0: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: CString,
+    user: User,
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::error(kind, message)
+}
+
+/// Serves one exec request on `conn` until the process has exited.
+pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>) {
+    let prepared = prepare(&req, &distros).await;
+    let (running, plan) = match prepared {
+        Ok(p) => p,
+        Err(resp) => {
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+    };
+    let spawned = spawn(&running, plan, req.tty.as_ref().map(|t| (t.rows, t.cols))).await;
+    let (mut child, io) = match spawned {
+        Ok(s) => s,
+        Err(resp) => {
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+    };
+    let host_pid = child.id().unwrap_or(0) as i32;
+    let pid = pid_in_distro(host_pid).unwrap_or(0);
+    if conn
+        .send(Frame::Response(Response::ExecStarted { pid }))
+        .await
+        .is_err()
+    {
+        let _ = kill(Pid::from_raw(-host_pid), Signal::SIGHUP);
+        let _ = child.wait().await;
+        return;
+    }
+    let (sink, source) = conn.split();
+    match io {
+        ProcessIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let input = tokio::spawn(pipe_input(source, stdin, host_pid));
+            let status = pump_output(sink, &mut child, Box::new(stdout), Some(Box::new(stderr))).await;
+            input.abort();
+            tracing::debug!(pid = host_pid, ?status, "exec finished");
+        }
+        ProcessIo::Pty(master) => {
+            let master = Arc::new(master);
+            let input = tokio::spawn(pty_input(source, Arc::clone(&master), host_pid));
+            let reader = PtyReader(Arc::clone(&master));
+            let status = pump_output(sink, &mut child, Box::new(reader), None).await;
+            input.abort();
+            tracing::debug!(pid = host_pid, ?status, "exec finished");
+        }
+    }
+}
+
+/// Starts the distro if needed and resolves user, program, cwd and env.
+async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, Plan), Response> {
+    let started = distros.start(&req.distro).await.map_err(|e| e.to_response())?;
+    let running = started.running;
+    let settings = distros.store.settings(&req.distro).unwrap_or_default();
+    let root = PathBuf::from(format!("/proc/{}/root", running.pid1));
+    let spec = req
+        .user
+        .clone()
+        .or(settings.default_user)
+        .unwrap_or_else(|| "root".into());
+    let user = passwd::lookup(&root, &spec).ok_or_else(|| {
+        error(
+            ErrorKind::NoSuchUser,
+            format!("user {spec} does not exist in distro {}", req.distro),
+        )
+    })?;
+    let cwd = match &req.cwd {
+        Some(dir) => {
+            if !dir.starts_with('/') || !in_root(&root, dir).is_dir() {
+                return Err(error(
+                    ErrorKind::BadRequest,
+                    format!("directory {dir} does not exist in distro {}", req.distro),
+                ));
+            }
+            dir.clone()
+        }
+        None if in_root(&root, &user.home).is_dir() => user.home.clone(),
+        None => "/".into(),
+    };
+    let (program, arg0, args) = match req.argv.split_first() {
+        Some((prog, rest)) => (prog.clone(), prog.clone(), rest.to_vec()),
+        None => {
+            let base = user.shell.rsplit('/').next().unwrap_or("sh");
+            (user.shell.clone(), format!("-{base}"), Vec::new())
+        }
+    };
+    let mut env = vec![
+        ("HOME".into(), user.home.clone()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+        ("SHELL".into(), user.shell.clone()),
+        (
+            "PATH".into(),
+            if user.uid == 0 { ROOT_PATH } else { USER_PATH }.into(),
+        ),
+    ];
+    if let Some(tty) = &req.tty {
+        env.push(("TERM".into(), tty.term.clone().unwrap_or_else(|| "xterm".into())));
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(error(ErrorKind::BadRequest, format!("invalid environment variable {k:?}")));
+        }
+        env.retain(|(old, _)| old != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let cstr = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| error(ErrorKind::BadRequest, format!("{what} contains a NUL byte")))
+    };
+    let plan = Plan {
+        program: cstr(&program, "program")?,
+        arg0,
+        args,
+        env,
+        cwd: cstr(&cwd, "directory")?,
+        user,
+    };
+    if req.argv.iter().any(|a| a.contains('\0')) {
+        return Err(error(ErrorKind::BadRequest, "argument contains a NUL byte"));
+    }
+    Ok((running, plan))
+}
+
+/// `path` (absolute, inside the distro) seen through the distro's root.
+fn in_root(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+enum ProcessIo {
+    Pipes {
+        stdin: ChildStdin,
+        stdout: tokio::process::ChildStdout,
+        stderr: tokio::process::ChildStderr,
+    },
+    Pty(pty::PtyMaster),
+}
+
+async fn spawn(running: &Running, plan: Plan, tty: Option<(u16, u16)>) -> Result<(Child, ProcessIo), Response> {
+    let internal = |what: &str, e: io::Error| error(ErrorKind::Internal, format!("could not {what}: {e}"));
+    let ns = DistroNamespaces::of(running.pid1).map_err(|e| internal("open the distro's namespaces", e))?;
+    let procs: Option<OwnedFd> = match &running.cgroup {
+        Some(g) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(g.path.join("cgroup.procs"))
+                .map_err(|e| internal("open the distro's cgroup", e))?
+                .into(),
+        ),
+        None => None,
+    };
+    let mut cmd = Command::new(plan.program.to_str().unwrap_or_default());
+    cmd.arg0(&plan.arg0).args(&plan.args).env_clear().envs(plan.env.iter().map(|(k, v)| (k, v)));
+    let mut master = None;
+    let with_tty = tty.is_some();
+    if let Some((rows, cols)) = tty {
+        let (m, slave) = pty::open(rows, cols).map_err(|e| internal("open a terminal", e))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("open a terminal", e));
+        cmd.stdin(Stdio::from(dup(&slave)?))
+            .stdout(Stdio::from(dup(&slave)?))
+            .stderr(Stdio::from(slave));
+        master = Some(m);
+    } else {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let user = plan.user.clone();
+    let cwd = plan.cwd.clone();
+    let pid_ns = ns.pid.try_clone().map_err(|e| internal("open the distro's namespaces", e))?;
+    // SAFETY: the hook runs in the forked child before exec. It only makes
+    // system calls on descriptors and data prepared before the fork; nothing
+    // allocates or takes locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                nix::unistd::write(procs, b"0")?;
+            }
+            ns.join_in_child()?;
+            nix::unistd::setsid()?;
+            if with_tty {
+                // fd 0 is the PTY slave installed by the spawner; TIOCSCTTY
+                // takes an integer argument.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(Gid::from_raw(user.gid))?;
+            nix::unistd::setuid(Uid::from_raw(user.uid))?;
+            // `cwd` is a valid NUL-terminated string owned by the closure.
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let program = plan.arg0.trim_start_matches('-').to_string();
+    let mut child = spawn_in_pid_ns(cmd, pid_ns).await.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => error(ErrorKind::CommandNotFound, format!("{}: command not found", plan.program.to_string_lossy())),
+        io::ErrorKind::PermissionDenied => error(ErrorKind::NotExecutable, format!("{}: permission denied", plan.program.to_string_lossy())),
+        _ => internal(&format!("run {program}"), e),
+    })?;
+    let io = match master {
+        Some(m) => ProcessIo::Pty(m),
+        None => ProcessIo::Pipes {
+            stdin: child.stdin.take().expect("piped"),
+            stdout: child.stdout.take().expect("piped"),
+            stderr: child.stderr.take().expect("piped"),
+        },
+    };
+    Ok((child, io))
+}
+
+/// The process's PID as its distro sees it (last field of `NSpid`).
+fn pid_in_distro(host_pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// The exit status the client reports: the code, or 128+N for signal N.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|n| 128 + n))
+        .unwrap_or(255)
+}
+
+/// Forwards the process's output as frames until it has exited and its
+/// streams are drained, then sends the exit status.
+async fn pump_output(
+    mut sink: Sink,
+    child: &mut Child,
+    mut out: Box<dyn AsyncRead + Unpin + Send>,
+    mut err: Option<Box<dyn AsyncRead + Unpin + Send>>,
+) -> Option<i32> {
+    let mut out_buf = BytesMut::with_capacity(CHUNK);
+    let mut err_buf = BytesMut::with_capacity(CHUNK);
+    let mut out_open = true;
+    let mut status: Option<i32> = None;
+    loop {
+        if !out_open && err.is_none() && status.is_some() {
+            break;
+        }
+        let draining = status.is_some();
+        tokio::select! {
+            r = read_chunk(Some(&mut out), &mut out_buf), if out_open => match r {
+                Some(bytes) => if sink.send(Frame::Stdout(bytes)).await.is_err() { break },
+                None => out_open = false,
+            },
+            r = read_chunk(err.as_mut(), &mut err_buf), if err.is_some() => match r {
+                Some(bytes) => if sink.send(Frame::Stderr(bytes)).await.is_err() { break },
+                None => err = None,
+            },
+            s = child.wait(), if status.is_none() => {
+                status = Some(s.map(exit_code).unwrap_or(255));
+            }
+            _ = tokio::time::sleep(DRAIN_IDLE), if draining => break,
+        }
+    }
+    if status.is_none() {
+        // The client went away: hang up on the process like a closed terminal.
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGHUP);
+        }
+        status = child.wait().await.ok().map(exit_code);
+        return status;
+    }
+    let code = status.expect("set");
+    let _ = sink.send(Frame::Exit(code)).await;
+    let _ = sink.close().await;
+    Some(code)
+}
+
+/// Reads one chunk; `None` at end of stream. Never completes for an absent
+/// stream (so it can sit in a `select!` whose branch is disabled).
+async fn read_chunk(
+    r: Option<&mut Box<dyn AsyncRead + Unpin + Send>>,
+    buf: &mut BytesMut,
+) -> Option<Bytes> {
+    let Some(r) = r else {
+        return std::future::pending().await;
+    };
+    buf.reserve(CHUNK);
+    match r.read_buf(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(buf.split().freeze()),
+    }
+}
+
+fn forward_signal(target_group: i32, signo: u32) {
+    match Signal::try_from(signo as i32) {
+        Ok(sig) => {
+            let _ = kill(Pid::from_raw(-target_group), sig);
+        }
+        Err(_) => tracing::debug!(signo, "ignoring unknown signal"),
+    }
+}
+
+/// Client frames for a process on pipes.
+async fn pipe_input(mut source: Source, stdin: ChildStdin, pid: i32) {
+    let mut stdin = Some(stdin);
+    while let Some(Ok(frame)) = source.next().await {
+        match frame {
+            Frame::Stdin(bytes) => {
+                if let Some(s) = stdin.as_mut() {
+                    if s.write_all(&bytes).await.is_err() {
+                        // The process closed its stdin; drop further input.
+                        stdin = None;
+                    }
+                }
+            }
+            Frame::StdinEof => stdin = None,
+            Frame::Signal(n) => forward_signal(pid, n),
+            Frame::Resize { .. } => {}
+            other => tracing::debug!(kind = ?other.kind(), "unexpected frame during exec"),
+        }
+    }
+    // Connection gone: the process sees end of input.
+}
+
+/// Client frames for a process on a PTY.
+async fn pty_input(mut source: Source, master: Arc<pty::PtyMaster>, pid: i32) {
+    while let Some(Ok(frame)) = source.next().await {
+        match frame {
+            Frame::Stdin(bytes) => {
+                if master.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            Frame::StdinEof => {
+                let _ = master.write_all(&[master.eof_char()]).await;
+            }
+            Frame::Resize { rows, cols } => {
+                let _ = master.resize(rows, cols);
+            }
+            Frame::Signal(n) => forward_signal(master.foreground_group().unwrap_or(pid), n),
+            other => tracing::debug!(kind = ?other.kind(), "unexpected frame during exec"),
+        }
+    }
+}
+
+/// [`AsyncRead`] over a shared PTY master.
+struct PtyReader(Arc<pty::PtyMaster>);
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.poll_read(cx, buf)
+    }
+}

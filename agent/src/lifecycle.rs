@@ -1,0 +1,397 @@
+//! Starting, tracking and terminating distros.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use protocol::{DistroInfo, DistroState, ErrorKind, Response};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{watch, Mutex};
+
+use crate::cgroup::{Cgroups, DistroCgroup};
+use crate::distro_init::READY_LINE;
+use crate::namespaces::spawn_as_pid1;
+use crate::store::{disk_usage, Store, StoreError};
+
+/// How long a distro may take to set itself up before start fails.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long terminate waits for a distro's processes to disappear.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failure of a lifecycle operation.
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    /// Store lookup failed (unknown distro, bad name, damaged settings).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Spawning the distro's PID 1 failed.
+    #[error("could not start distro {name}")]
+    Spawn {
+        /// Distro.
+        name: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The distro's PID 1 reported an error during setup.
+    #[error("could not start distro {name}: {message}")]
+    Setup {
+        /// Distro.
+        name: String,
+        /// What its PID 1 printed.
+        message: String,
+    },
+    /// Its processes did not go away.
+    #[error("distro {0} did not stop within {TERMINATE_TIMEOUT:?}")]
+    StopTimeout(String),
+}
+
+impl LifecycleError {
+    /// The protocol response for this error.
+    pub fn to_response(&self) -> Response {
+        let kind = match self {
+            LifecycleError::Store(e) => return store_error_response(e),
+            LifecycleError::Spawn { .. } | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
+            LifecycleError::StopTimeout(_) => ErrorKind::Internal,
+        };
+        Response::error(kind, self.to_string())
+    }
+}
+
+/// The protocol response for a store error.
+pub fn store_error_response(e: &StoreError) -> Response {
+    let kind = match e {
+        StoreError::InvalidName(_) => ErrorKind::InvalidName,
+        StoreError::NotFound(_) => ErrorKind::NotFound,
+        StoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+        StoreError::Io { .. } | StoreError::BadSettings { .. } => ErrorKind::Internal,
+    };
+    Response::error(kind, crate::error_chain(e))
+}
+
+/// A distro whose PID 1 runs.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Host PID of its PID 1.
+    pub pid1: i32,
+    /// Its cgroup, when cgroup v2 is available.
+    pub cgroup: Option<DistroCgroup>,
+    /// Its root file system directory.
+    pub rootfs: PathBuf,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Running {
+    /// Waits until PID 1 has exited.
+    pub async fn wait_stopped(&mut self) {
+        let _ = self.stopped.wait_for(|s| *s).await;
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+}
+
+/// Result of a start.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The running distro.
+    pub running: Running,
+    /// It ran before.
+    pub already_running: bool,
+    /// cgroup limits are in force.
+    pub limits_available: bool,
+}
+
+/// All distros: the store plus the ones running.
+#[derive(Debug)]
+pub struct Distros {
+    /// The files.
+    pub store: Store,
+    cgroups: Option<Cgroups>,
+    running: Mutex<HashMap<String, Running>>,
+    importing: Arc<std::sync::Mutex<HashSet<String>>>,
+    agent_exe: PathBuf,
+}
+
+/// A name held by an import in progress; released on drop.
+#[derive(Debug)]
+pub struct ImportReservation {
+    name: String,
+    importing: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+impl Drop for ImportReservation {
+    fn drop(&mut self) {
+        self.importing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
+impl Distros {
+    /// Creates the registry; `agent_exe` is re-executed as each distro's PID 1.
+    pub fn new(store: Store, cgroups: Option<Cgroups>, agent_exe: PathBuf) -> Arc<Self> {
+        Arc::new(Distros {
+            store,
+            cgroups,
+            running: Mutex::new(HashMap::new()),
+            importing: Arc::default(),
+            agent_exe,
+        })
+    }
+
+    /// The running instance of `name`, if any.
+    pub async fn running(&self, name: &str) -> Option<Running> {
+        let map = self.running.lock().await;
+        map.get(name).filter(|r| !r.is_stopped()).cloned()
+    }
+
+    /// Starts `name` unless it runs already.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<Started, LifecycleError> {
+        let mut map = self.running.lock().await;
+        if let Some(r) = map.get(name).filter(|r| !r.is_stopped()) {
+            return Ok(Started {
+                running: r.clone(),
+                already_running: true,
+                limits_available: r.cgroup.as_ref().is_some_and(|c| c.limits_applied),
+            });
+        }
+        let rootfs = self.store.rootfs(name)?;
+        let settings = self.store.settings(name)?;
+        let cgroup = match &self.cgroups {
+            Some(c) => match c.create(name, &settings.limits) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(distro = name, error = %crate::error_chain(&e), "starting without a cgroup");
+                    None
+                }
+            },
+            None => None,
+        };
+        let spawn_err = |source| LifecycleError::Spawn {
+            name: name.to_string(),
+            source,
+        };
+
+        let mut cmd = Command::new(&self.agent_exe);
+        cmd.arg("distro-init")
+            .arg("--name")
+            .arg(name)
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if settings.systemd {
+            cmd.arg("--systemd");
+        }
+        if cgroup.is_some() {
+            cmd.arg("--cgroup");
+        }
+        let procs = match &cgroup {
+            Some(g) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(g.path.join("cgroup.procs"))
+                    .map_err(spawn_err)?,
+            ),
+            None => None,
+        };
+        // SAFETY: the hook runs in the forked child before exec and only
+        // makes system calls (write, unshare) on descriptors it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(procs) = &procs {
+                    // cgroup first, so the new cgroup namespace is rooted at
+                    // the distro's group.
+                    nix::unistd::write(procs, b"0")?;
+                }
+                unshare(
+                    CloneFlags::CLONE_NEWNS
+                        | CloneFlags::CLONE_NEWUTS
+                        | CloneFlags::CLONE_NEWIPC
+                        | CloneFlags::CLONE_NEWCGROUP,
+                )?;
+                Ok(())
+            });
+        }
+        let mut child = spawn_as_pid1(cmd).await.map_err(spawn_err)?;
+        let pid1 = child.id().ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))? as i32;
+
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let mut line = String::new();
+        let ready = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+        if !matches!(ready, Ok(Ok(_)) if line.trim_end() == READY_LINE) {
+            let _ = kill(Pid::from_raw(pid1), Signal::SIGKILL);
+            let mut message = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut message)).await;
+            let status = child.wait().await.ok();
+            if let Some(g) = &cgroup {
+                g.remove();
+            }
+            let message = match (message.trim(), ready) {
+                ("", Err(_)) => format!("setup did not finish within {START_TIMEOUT:?}"),
+                ("", _) => format!("its init ended during setup ({status:?})"),
+                (m, _) => m.to_string(),
+            };
+            return Err(LifecycleError::Setup {
+                name: name.to_string(),
+                message,
+            });
+        }
+
+        let (tx, rx) = watch::channel(false);
+        let running = Running {
+            pid1,
+            cgroup,
+            rootfs,
+            stopped: rx,
+        };
+        map.insert(name.to_string(), running.clone());
+        drop(map);
+        tracing::info!(distro = name, pid1, "distro started");
+
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let code = status.as_ref().ok().and_then(|s| s.code().or(s.signal().map(|n| 128 + n)));
+            tracing::info!(distro = %name, ?code, "distro stopped");
+            let mut map = this.running.lock().await;
+            if let Some(r) = map.get(&name).filter(|r| r.pid1 == pid1) {
+                if let Some(g) = &r.cgroup {
+                    g.kill_all();
+                    g.remove();
+                }
+                map.remove(&name);
+            }
+            let _ = tx.send(true);
+        });
+        Ok(Started {
+            limits_available: running.cgroup.as_ref().is_some_and(|c| c.limits_applied),
+            running,
+            already_running: false,
+        })
+    }
+
+    /// Kills every process of `name`; its files stay. Not running is fine.
+    pub async fn terminate(&self, name: &str) -> Result<(), LifecycleError> {
+        self.store.rootfs(name)?;
+        let Some(mut running) = self.running(name).await else {
+            return Ok(());
+        };
+        // Killing PID 1 makes the kernel kill the whole PID namespace; the
+        // cgroup catches anything that escaped it.
+        let _ = kill(Pid::from_raw(running.pid1), Signal::SIGKILL);
+        if let Some(g) = &running.cgroup {
+            g.kill_all();
+        }
+        tokio::time::timeout(TERMINATE_TIMEOUT, running.wait_stopped())
+            .await
+            .map_err(|_| LifecycleError::StopTimeout(name.to_string()))?;
+        tracing::info!(distro = name, "distro terminated");
+        Ok(())
+    }
+
+    /// Holds `name` for an import, so two imports of one name cannot race.
+    pub async fn reserve_import(&self, name: &str) -> Result<ImportReservation, Response> {
+        crate::store::validate_name(name).map_err(|e| store_error_response(&e))?;
+        if self.store.exists(name) {
+            return Err(store_error_response(&StoreError::AlreadyExists(name.to_string())));
+        }
+        let mut set = self.importing.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(name.to_string()) {
+            return Err(Response::error(
+                ErrorKind::AlreadyExists,
+                format!("distro {name} is being imported already"),
+            ));
+        }
+        Ok(ImportReservation {
+            name: name.to_string(),
+            importing: Arc::clone(&self.importing),
+        })
+    }
+
+    /// Terminates `name` and deletes its files.
+    pub async fn unregister(&self, name: &str) -> Result<(), LifecycleError> {
+        self.terminate(name).await?;
+        self.store.remove(name)?;
+        tracing::info!(distro = name, "unregistered");
+        Ok(())
+    }
+
+    /// Terminates every running distro.
+    pub async fn terminate_all(&self) {
+        let names: Vec<String> = self.running.lock().await.keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.terminate(&name).await {
+                tracing::warn!(distro = %name, error = %crate::error_chain(&e), "terminate failed");
+            }
+        }
+    }
+
+    /// State of every installed distro.
+    pub async fn list(&self) -> Result<Vec<DistroInfo>, LifecycleError> {
+        let mut out = Vec::new();
+        for name in self.store.names()? {
+            let settings = self.store.settings(&name).unwrap_or_default();
+            let running = self.running(&name).await;
+            let (state, pids, memory_bytes) = match &running {
+                Some(r) => (
+                    DistroState::Running,
+                    process_count(r),
+                    r.cgroup.as_ref().and_then(|g| g.memory_bytes()),
+                ),
+                None => (DistroState::Stopped, 0, None),
+            };
+            let rootfs = self.store.rootfs(&name)?;
+            let disk_bytes = tokio::task::spawn_blocking(move || disk_usage(&rootfs))
+                .await
+                .unwrap_or(0);
+            out.push(DistroInfo {
+                name,
+                state,
+                pids,
+                memory_bytes,
+                disk_bytes,
+                settings,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Processes in a running distro: from its cgroup, else by scanning `/proc`
+/// for processes in its PID namespace.
+fn process_count(r: &Running) -> u32 {
+    if let Some(g) = &r.cgroup {
+        return g.process_count();
+    }
+    let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(target) = ns_of(&r.pid1.to_string()) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|n| ns_of(n).as_ref() == Some(&target))
+        .count() as u32
+}

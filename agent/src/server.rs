@@ -1,0 +1,235 @@
+//! Accepting connections, the handshake and request dispatch.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::{ErrorKind, Frame, FrameCodec, Hello, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio_util::codec::Framed;
+
+use crate::lifecycle::Distros;
+
+/// How long a new connection may take to send its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Any byte stream a client can reach the agent over.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// A framed client connection.
+pub type Connection = Framed<Box<dyn Transport>, FrameCodec>;
+
+/// Where the agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix socket path (host-side tests, debugging).
+    Unix(PathBuf),
+    /// A vsock port (inside the utility VM).
+    Vsock(u32),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ListenAddr::Unix(path.into()));
+        }
+        if let Some(port) = s.strip_prefix("vsock:") {
+            return port
+                .parse()
+                .map(ListenAddr::Vsock)
+                .map_err(|_| format!("invalid vsock port {port:?}"));
+        }
+        Err(format!("unknown listen address {s:?}: use unix:PATH or vsock:PORT"))
+    }
+}
+
+/// A listener could not be set up.
+#[derive(Debug, Error)]
+#[error("could not listen on {addr:?}")]
+pub struct ListenError {
+    addr: ListenAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    distros: Arc<Distros>,
+    shutting_down: AtomicBool,
+    shutdown: Notify,
+}
+
+impl Agent {
+    /// An agent serving `distros`.
+    pub fn new(distros: Arc<Distros>) -> Arc<Self> {
+        Arc::new(Agent {
+            distros,
+            shutting_down: AtomicBool::new(false),
+            shutdown: Notify::new(),
+        })
+    }
+
+    /// Serves on every address until a shutdown request has been handled.
+    pub async fn serve(self: Arc<Self>, addrs: &[ListenAddr]) -> Result<(), ListenError> {
+        for addr in addrs {
+            let err = |source| ListenError {
+                addr: addr.clone(),
+                source,
+            };
+            match addr {
+                ListenAddr::Unix(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+                    let this = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((stream, _)) => this.spawn_connection(Box::new(stream)),
+                                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                            }
+                        }
+                    });
+                }
+                ListenAddr::Vsock(port) => {
+                    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                        tokio_vsock::VMADDR_CID_ANY,
+                        *port,
+                    ))
+                    .map_err(err)?;
+                    let this = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((stream, _)) => this.spawn_connection(Box::new(stream)),
+                                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                            }
+                        }
+                    });
+                }
+            }
+            tracing::info!(?addr, "listening");
+        }
+        self.shutdown.notified().await;
+        Ok(())
+    }
+
+    fn spawn_connection(self: &Arc<Self>, stream: Box<dyn Transport>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let conn = Framed::new(stream, FrameCodec);
+            this.handle(conn).await;
+        });
+    }
+
+    async fn handle(self: Arc<Self>, mut conn: Connection) {
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await;
+        match first {
+            Ok(Some(Ok(Frame::Hello(hello)))) if hello.magic == HELLO_MAGIC => {
+                if hello.protocol != PROTOCOL_VERSION {
+                    let msg = format!(
+                        "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION}); update distroctl",
+                        hello.protocol
+                    );
+                    let _ = conn
+                        .send(Frame::Response(Response::error(ErrorKind::VersionMismatch, msg)))
+                        .await;
+                    return;
+                }
+                let reply = Hello::new(concat!("distroctl-agent ", env!("CARGO_PKG_VERSION")));
+                if conn.send(Frame::Hello(reply)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad handshake bytes");
+                return;
+            }
+            Ok(Some(Ok(other))) => {
+                tracing::warn!(kind = ?other.kind(), "closing connection: expected hello");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!("closing connection: no hello within {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        }
+        let request = match conn.next().await {
+            Some(Ok(Frame::Request(r))) => r,
+            Some(Ok(other)) => {
+                let msg = format!("expected a request, got a {:?} frame", other.kind());
+                let _ = conn.send(Frame::Response(Response::error(ErrorKind::BadRequest, msg))).await;
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad request bytes");
+                return;
+            }
+            None => return,
+        };
+        tracing::debug!(?request, "request");
+        if self.shutting_down.load(Ordering::SeqCst) {
+            let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+        self.dispatch(conn, request).await;
+    }
+
+    async fn dispatch(&self, mut conn: Connection, request: Request) {
+        let distros = Arc::clone(&self.distros);
+        let response = match request {
+            Request::Exec(req) => return crate::exec::serve(conn, req, distros).await,
+            Request::Import { name, settings } => {
+                return crate::transfer::import(conn, name, settings, distros).await
+            }
+            Request::Export { name, compression } => {
+                return crate::transfer::export(conn, name, compression, distros).await
+            }
+            Request::Start { name } => match distros.start(&name).await {
+                Ok(s) => Response::Started {
+                    already_running: s.already_running,
+                    limits_available: s.limits_available,
+                },
+                Err(e) => e.to_response(),
+            },
+            Request::Terminate { name } => match distros.terminate(&name).await {
+                Ok(()) => Response::Ok,
+                Err(e) => e.to_response(),
+            },
+            Request::List => match distros.list().await {
+                Ok(distros) => Response::Distros { distros },
+                Err(e) => e.to_response(),
+            },
+            Request::Configure { name, settings } => match distros.store.set_settings(&name, &settings) {
+                Ok(()) => Response::Ok,
+                Err(e) => crate::lifecycle::store_error_response(&e),
+            },
+            Request::Unregister { name } => match distros.unregister(&name).await {
+                Ok(()) => Response::Ok,
+                Err(e) => e.to_response(),
+            },
+            Request::Shutdown => {
+                self.shutting_down.store(true, Ordering::SeqCst);
+                distros.terminate_all().await;
+                nix::unistd::sync();
+                let _ = conn.send(Frame::Response(Response::Ok)).await;
+                let _ = conn.close().await;
+                tracing::info!("shutdown complete");
+                self.shutdown.notify_one();
+                return;
+            }
+        };
+        let _ = conn.send(Frame::Response(response)).await;
+    }
+}

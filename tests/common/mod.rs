@@ -1,0 +1,169 @@
+//! Shared harness for the end-to-end tests: a real `distroctl-agent` on a
+//! Unix socket with its own data directory, driven through the real
+//! `distroctl` binary or the wire protocol.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// True when the test may run; prints why it skips otherwise. The agent
+/// needs root for namespaces, mounts and `pivot_root`.
+pub fn can_run_agent() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: the agent tests need root (namespaces, mounts, pivot_root); run them as root");
+        return false;
+    }
+    true
+}
+
+/// Path of a built binary of this workspace.
+pub fn binary(name: &str) -> PathBuf {
+    let distroctl = PathBuf::from(env!("CARGO_BIN_EXE_distroctl"));
+    let path = distroctl.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The Debian bookworm minbase tarball, built once per day by
+/// `scripts/test-rootfs` (mmdebstrap through the host's apt configuration).
+pub fn debian_rootfs() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-rootfs");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/test-rootfs");
+        assert!(
+            out.status.success(),
+            "scripts/test-rootfs failed; install mmdebstrap (apt-get install mmdebstrap) or run .ci/run"
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// A running agent with a private data directory.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl TestAgent {
+    /// Starts an agent without cgroups (like a host without cgroup v2).
+    pub fn start() -> TestAgent {
+        Self::start_with(&[])
+    }
+
+    /// Starts an agent with extra arguments.
+    pub fn start_with(extra: &[&str]) -> TestAgent {
+        let dir = tempfile::Builder::new()
+            .prefix("distroctl-test-")
+            .tempdir_in(std::env::var_os("DISTROCTL_TEST_TMP").unwrap_or_else(|| "/var/tmp".into()))
+            .unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(binary("distroctl-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--cgroup-root")
+            .arg(dir.path().join("no-cgroup"))
+            .args(extra)
+            .env("DISTROCTL_LOG", "debug")
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .expect("spawn distroctl-agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "agent did not create its socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        TestAgent { dir, socket, child }
+    }
+
+    /// Host PID of the agent.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A distro's root file system on the host.
+    pub fn rootfs(&self, name: &str) -> PathBuf {
+        self.data().join("distros").join(name).join("rootfs")
+    }
+
+    /// A `distroctl` command aimed at this agent.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(binary("distroctl"));
+        cmd.arg("--agent-socket").arg(&self.socket);
+        cmd
+    }
+
+    /// Runs `distroctl ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `distroctl ARGS`, asserting success.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "distroctl {args:?} failed: {}\nagent log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        out
+    }
+
+    /// Runs a command in `distro` and returns its stdout as text.
+    pub fn sh(&self, distro: &str, script: &str) -> String {
+        let out = self.ok(&["exec", distro, "--", "sh", "-c", script]);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Imports the Debian test rootfs as `name`.
+    pub fn import_debian(&self, name: &str) {
+        self.ok(&["import", name, debian_rootfs().to_str().unwrap()]);
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // Shutdown terminates every distro so no process outlives the test.
+        let _ = self.cli().arg("shutdown").stdin(Stdio::null()).output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Text of an output stream.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
