@@ -23,6 +23,10 @@ fn archive(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
         let (name, data): (&str, &[u8]) = match e {
             Entry::File(n, d) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -64,7 +68,7 @@ fn archive(entries: &[Entry]) -> Vec<u8> {
 fn import_bytes(agent: &TestAgent, name: &str, bytes: &[u8]) -> std::process::Output {
     let mut child = agent
         .cli()
-        .args(["import", name, "-"])
+        .args(["import", "--", name, "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -130,7 +134,7 @@ fn hostile_archives_are_refused_without_damage() {
             "goes through symlink",
         ),
         ("hardlink-out", archive(&[Entry::Hardlink("pw", "../../../../etc/passwd")]), "leaves the distro root"),
-        ("hardlink-abs", archive(&[Entry::Hardlink("pw", "/etc/passwd")]), "pw"),
+        ("hardlink-abs", archive(&[Entry::Hardlink("pw", "/etc/passwd")]), "leaves the distro root"),
         ("blockdev", archive(&[Entry::BlockDevice("dev/sda")]), "not allowed"),
     ];
 

@@ -59,11 +59,11 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent without cgroups (like a host without cgroup v2).
     pub fn start() -> TestAgent {
-        Self::start_with(&[])
+        Self::start_with_cgroups(None)
     }
 
-    /// Starts an agent with extra arguments.
-    pub fn start_with(extra: &[&str]) -> TestAgent {
+    /// Starts an agent that makes distro cgroups under `cgroup_root`.
+    pub fn start_with_cgroups(cgroup_root: Option<&Path>) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("distroctl-test-")
             .tempdir_in(std::env::var_os("DISTROCTL_TEST_TMP").unwrap_or_else(|| "/var/tmp".into()))
@@ -75,8 +75,7 @@ impl TestAgent {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--cgroup-root")
-            .arg(dir.path().join("no-cgroup"))
-            .args(extra)
+            .arg(cgroup_root.map_or_else(|| dir.path().join("no-cgroup"), Path::to_path_buf))
             .env("DISTROCTL_LOG", "debug")
             .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
             .spawn()

@@ -300,3 +300,216 @@ impl Read for ExactSize {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::tree_snapshot::{assert_same, snapshot};
+    use filetime::FileTime;
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::process::{Command, Stdio};
+
+    /// Whether the file system under the temporary directory keeps user xattrs.
+    fn user_xattrs_work(dir: &Path) -> bool {
+        let probe = dir.join(".xattr-probe");
+        std::fs::write(&probe, b"").unwrap();
+        let works = xattr::set(&probe, "user.probe", b"1").is_ok();
+        std::fs::remove_file(probe).unwrap();
+        works
+    }
+
+    /// A tree with every kind of thing the archive format must carry.
+    fn build_tree(root: &Path) {
+        let at = |rel: &str| root.join(rel);
+        std::fs::create_dir_all(at("etc")).unwrap();
+        std::fs::create_dir_all(at("usr/bin")).unwrap();
+        std::fs::create_dir_all(at("dev")).unwrap();
+        std::fs::create_dir_all(at("tmp")).unwrap();
+        let deep = format!("deep/{}/{}", "d".repeat(100), "f".repeat(94));
+        std::fs::create_dir_all(at(&deep).parent().unwrap()).unwrap();
+        std::fs::write(at(&deep), b"long").unwrap();
+        std::fs::write(at("etc/hostname"), b"debian\n").unwrap();
+        std::fs::write(at("etc/empty"), b"").unwrap();
+        std::fs::write(at("usr/bin/su"), vec![0x7f; 100_000]).unwrap();
+        std::fs::hard_link(at("usr/bin/su"), at("usr/bin/su2")).unwrap();
+        std::fs::hard_link(at("usr/bin/su"), at("etc/su3")).unwrap();
+        std::os::unix::fs::lchown(at("etc/hostname"), Some(1234), Some(5678)).unwrap();
+        std::fs::set_permissions(at("usr/bin/su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(at("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::set_permissions(at("etc"), std::fs::Permissions::from_mode(0o751)).unwrap();
+        symlink("/usr/bin", at("bin")).unwrap();
+        symlink(format!("../{}", "t".repeat(150)), at("etc/long-link")).unwrap();
+        std::os::unix::fs::lchown(at("bin"), Some(1234), Some(5678)).unwrap();
+        mknod(&at("dev/null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), libc::makedev(1, 3)).unwrap();
+        mknod(&at("etc/initctl"), SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0).unwrap();
+        std::fs::set_permissions(at("dev/null"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        if user_xattrs_work(root) {
+            xattr::set(at("etc/hostname"), "user.test", b"hello").unwrap();
+            xattr::set(at("etc"), "user.dir", b"on a directory").unwrap();
+        }
+        // Times last, children before parents.
+        let mut paths: Vec<_> = walk(root);
+        paths.sort_by(|a, b| b.cmp(a));
+        for (i, path) in paths.iter().enumerate() {
+            let time = FileTime::from_unix_time(1_400_000_000 + i as i64 * 1000, 0);
+            filetime::set_symlink_file_times(path, time, time).unwrap();
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = vec![dir.to_owned()];
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    fn gnu_tar_available() -> bool {
+        Command::new("tar").arg("--version").output().is_ok_and(|o| o.status.success())
+    }
+
+    #[test]
+    fn export_then_extract_preserves_the_tree() {
+        // Arrange
+        let src = tempfile::tempdir().unwrap();
+        build_tree(src.path());
+        let expected = snapshot(src.path());
+
+        for compression in [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd] {
+            let dst = tempfile::tempdir().unwrap();
+
+            // Act
+            let mut archive = Vec::new();
+            export_tree(src.path(), compression, &mut archive).unwrap();
+            crate::archive::extract(&archive[..], dst.path()).unwrap();
+
+            // Assert
+            assert_same(&expected, &snapshot(dst.path()));
+        }
+        assert!(expected[&b"usr/bin/su2"[..]].same_inode_as.is_some());
+    }
+
+    #[test]
+    fn export_writes_names_sorted_and_hard_links_once() {
+        // Arrange
+        let src = tempfile::tempdir().unwrap();
+        build_tree(src.path());
+
+        // Act
+        let mut archive = Vec::new();
+        export_tree(src.path(), Compression::None, &mut archive).unwrap();
+
+        // Assert
+        let mut reader = tar::Archive::new(&archive[..]);
+        let entries: Vec<(Vec<u8>, EntryType)> = reader
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path_bytes().into_owned(), e.header().entry_type())
+            })
+            .collect();
+        let names: Vec<_> = entries.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+        assert_eq!(names[..4], ["./", "bin", "deep/", &format!("deep/{}/", "d".repeat(100))]);
+        let links: Vec<_> = entries.iter().filter(|(_, kind)| *kind == EntryType::Link).collect();
+        assert_eq!(links.len(), 2);
+        let first_su = names.iter().position(|n| n == "etc/su3").unwrap();
+        assert_eq!(entries[first_su].1, EntryType::Regular);
+    }
+
+    #[test]
+    fn export_is_read_back_by_gnu_tar() {
+        // Arrange
+        if !gnu_tar_available() {
+            println!("skipped: GNU tar is not installed");
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        build_tree(src.path());
+        let dst = tempfile::tempdir().unwrap();
+        let mut archive = Vec::new();
+        export_tree(src.path(), Compression::Gzip, &mut archive).unwrap();
+
+        // Act
+        let mut tar = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xzpf", "-", "-C"])
+            .arg(dst.path())
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tar.stdin.take().unwrap().write_all(&archive).unwrap();
+        let status = tar.wait().unwrap();
+
+        // Assert
+        assert!(status.success());
+        assert_same(&snapshot(src.path()), &snapshot(dst.path()));
+    }
+
+    #[test]
+    fn extract_reads_what_gnu_tar_writes() {
+        // Arrange
+        if !gnu_tar_available() {
+            println!("skipped: GNU tar is not installed");
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        build_tree(src.path());
+        let dst = tempfile::tempdir().unwrap();
+        let output = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--format=posix", "--numeric-owner", "-cJf", "-", "-C"])
+            .arg(src.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+        // Act
+        let result = crate::archive::extract(&output.stdout[..], dst.path());
+
+        // Assert
+        result.unwrap();
+        assert_same(&snapshot(src.path()), &snapshot(dst.path()));
+    }
+
+    #[test]
+    fn export_refuses_a_root_that_is_not_a_directory() {
+        // Arrange
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+
+        // Act
+        let result = export_tree(&file, Compression::None, io::sink());
+
+        // Assert
+        assert!(matches!(result, Err(ExportError::Read { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn export_blames_the_output_when_writing_fails() {
+        // Arrange
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let src = tempfile::tempdir().unwrap();
+        build_tree(src.path());
+
+        // Act
+        let result = export_tree(src.path(), Compression::None, Broken);
+
+        // Assert
+        assert!(matches!(result, Err(ExportError::Write(_))), "{result:?}");
+    }
+}
