@@ -49,8 +49,11 @@ pub async fn connect(path: &Path) -> Result<Connection, ClientError> {
             source,
         })?;
     let mut conn = Framed::new(stream, FrameCodec);
-    conn.send(Frame::Hello(Hello::new(concat!("distroctl ", env!("CARGO_PKG_VERSION")))))
-        .await?;
+    conn.send(Frame::Hello(Hello::new(concat!(
+        "distroctl ",
+        env!("CARGO_PKG_VERSION")
+    ))))
+    .await?;
     match conn.next().await {
         Some(Ok(Frame::Hello(h))) if h.magic == HELLO_MAGIC => Ok(conn),
         Some(Ok(Frame::Response(Response::Error(e)))) => Err(ClientError::Agent(e)),

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use protocol::{Compression, DistroSettings, DistroState, ExecRequest, Request, Response, TtyRequest};
+use protocol::{
+    Compression, DistroSettings, DistroState, ExecRequest, Request, Response, TtyRequest,
+};
 
 use crate::agent_client::ClientError;
 
@@ -20,7 +22,12 @@ use crate::agent_client::ClientError;
 struct Cli {
     /// Talk straight to an agent listening on this Unix socket (tests and
     /// debugging; normally the utility VM's agent is used).
-    #[arg(long, global = true, value_name = "PATH", env = "DISTROCTL_AGENT_SOCKET")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "DISTROCTL_AGENT_SOCKET"
+    )]
     agent_socket: Option<PathBuf>,
     /// Show the full cause of errors and debug logs.
     #[arg(short, long, global = true)]
@@ -124,7 +131,9 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
         "gzip" | "gz" => Ok(Compression::Gzip),
         "xz" => Ok(Compression::Xz),
         "zstd" | "zst" => Ok(Compression::Zstd),
-        _ => Err(format!("unknown compression {s:?}: use none, gzip, xz or zstd")),
+        _ => Err(format!(
+            "unknown compression {s:?}: use none, gzip, xz or zstd"
+        )),
     }
 }
 
@@ -199,7 +208,9 @@ fn exec_request(name: String, opts: ExecOpts, argv: Vec<String>, tty: bool) -> E
 
 async fn run(cli: Cli) -> Result<i32, AnyError> {
     let Some(socket) = cli.agent_socket else {
-        return Err("no agent to talk to: pass --agent-socket PATH (or set DISTROCTL_AGENT_SOCKET)".into());
+        return Err(
+            "no agent to talk to: pass --agent-socket PATH (or set DISTROCTL_AGENT_SOCKET)".into(),
+        );
     };
     let simple = |req: Request| {
         let socket = socket.clone();
@@ -233,19 +244,32 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
             if distros.is_empty() {
                 eprintln!("No distros installed. Import one with: distroctl import NAME FILE");
             } else {
-                println!("{:<24} {:<8} {:>5} {:>10} {:>10}", "NAME", "STATE", "PIDS", "MEMORY", "DISK");
+                println!(
+                    "{:<24} {:<8} {:>5} {:>10} {:>10}",
+                    "NAME", "STATE", "PIDS", "MEMORY", "DISK"
+                );
                 for d in distros {
                     let state = match d.state {
                         DistroState::Running => "running",
                         DistroState::Stopped => "stopped",
                     };
                     let mem = d.memory_bytes.map(human).unwrap_or_else(|| "-".into());
-                    println!("{:<24} {:<8} {:>5} {:>10} {:>10}", d.name, state, d.pids, mem, human(d.disk_bytes));
+                    println!(
+                        "{:<24} {:<8} {:>5} {:>10} {:>10}",
+                        d.name,
+                        state,
+                        d.pids,
+                        mem,
+                        human(d.disk_bytes)
+                    );
                 }
             }
         }
         Command::Start { name } => {
-            if let Response::Started { already_running, .. } = simple(Request::Start { name: name.clone() }).await? {
+            if let Response::Started {
+                already_running, ..
+            } = simple(Request::Start { name: name.clone() }).await?
+            {
                 if already_running {
                     eprintln!("{name} is already running");
                 }

@@ -100,7 +100,8 @@ pub async fn import(
     file: &Path,
     settings: DistroSettings,
 ) -> Result<u64, TransferError> {
-    let (input, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if file == Path::new("-") {
+    let (input, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if file == Path::new("-")
+    {
         (Box::new(tokio::io::stdin()), None)
     } else {
         let f = tokio::fs::File::open(file)

@@ -111,21 +111,34 @@ fn agent_with_witness() -> Option<TestAgent> {
 
 #[test]
 fn hostile_archives_are_refused_without_damage() {
-    let Some(agent) = agent_with_witness() else { return };
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
     let outside = agent.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let outside_str = outside.to_str().unwrap().to_string();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("dotdot", archive(&[Entry::File("../evil", b"x")]), "leaves the distro root"),
+        (
+            "dotdot",
+            archive(&[Entry::File("../evil", b"x")]),
+            "leaves the distro root",
+        ),
         (
             "deep-dotdot",
             archive(&[Entry::Dir("a/"), Entry::File("a/../../evil", b"x")]),
             "leaves the distro root",
         ),
-        ("absolute", archive(&[Entry::File("/etc/evil", b"x")]), "absolute path"),
+        (
+            "absolute",
+            archive(&[Entry::File("/etc/evil", b"x")]),
+            "absolute path",
+        ),
         (
             "symlink-escape",
-            archive(&[Entry::Symlink("link", &outside_str), Entry::File("link/evil", b"x")]),
+            archive(&[
+                Entry::Symlink("link", &outside_str),
+                Entry::File("link/evil", b"x"),
+            ]),
             "goes through symlink",
         ),
         (
@@ -133,35 +146,62 @@ fn hostile_archives_are_refused_without_damage() {
             archive(&[Entry::Symlink("up", ".."), Entry::File("up/evil", b"x")]),
             "goes through symlink",
         ),
-        ("hardlink-out", archive(&[Entry::Hardlink("pw", "../../../../etc/passwd")]), "leaves the distro root"),
-        ("hardlink-abs", archive(&[Entry::Hardlink("pw", "/etc/passwd")]), "leaves the distro root"),
-        ("blockdev", archive(&[Entry::BlockDevice("dev/sda")]), "not allowed"),
+        (
+            "hardlink-out",
+            archive(&[Entry::Hardlink("pw", "../../../../etc/passwd")]),
+            "leaves the distro root",
+        ),
+        (
+            "hardlink-abs",
+            archive(&[Entry::Hardlink("pw", "/etc/passwd")]),
+            "leaves the distro root",
+        ),
+        (
+            "blockdev",
+            archive(&[Entry::BlockDevice("dev/sda")]),
+            "not allowed",
+        ),
     ];
 
     for (name, bytes, needle) in cases {
         let out = import_bytes(&agent, name, &bytes);
         assert_refused(&agent, &out, needle);
     }
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote outside the distro");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the distro"
+    );
     assert!(!agent.dir.path().join("evil").exists());
 }
 
 #[test]
 fn broken_archives_are_refused_without_damage() {
-    let Some(agent) = agent_with_witness() else { return };
-    let good = archive(&[Entry::File("big", &[7u8; 100_000]), Entry::File("after", b"y")]);
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
+    let good = archive(&[
+        Entry::File("big", &[7u8; 100_000]),
+        Entry::File("after", b"y"),
+    ]);
     let truncated = &good[..50_000];
     let mut garbage = vec![0u8; 20_000];
     rand::Rng::fill(&mut rand::thread_rng(), &mut garbage[..]);
 
     assert_refused(&agent, &import_bytes(&agent, "cut", truncated), "truncated");
-    assert_refused(&agent, &import_bytes(&agent, "junk", &garbage), "not a tar archive");
+    assert_refused(
+        &agent,
+        &import_bytes(&agent, "junk", &garbage),
+        "not a tar archive",
+    );
     assert_refused(&agent, &import_bytes(&agent, "empty", b""), "empty");
 }
 
 #[test]
 fn duplicate_and_invalid_names_are_refused() {
-    let Some(agent) = agent_with_witness() else { return };
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
     let tiny = archive(&[Entry::File("f", b"x")]);
 
     let dup = import_bytes(&agent, "witness", &tiny);
@@ -174,7 +214,9 @@ fn duplicate_and_invalid_names_are_refused() {
 
 #[test]
 fn unknown_distro_is_a_clear_error() {
-    let Some(agent) = agent_with_witness() else { return };
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
 
     for args in [
         vec!["start", "ghost"],
@@ -195,7 +237,9 @@ fn unknown_distro_is_a_clear_error() {
 
 #[test]
 fn export_round_trips_and_missing_file_is_a_clear_error() {
-    let Some(agent) = agent_with_witness() else { return };
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
     let out_file = agent.dir.path().join("witness.tar.zst");
 
     agent.ok(&["export", "witness", out_file.to_str().unwrap()]);
@@ -203,7 +247,11 @@ fn export_round_trips_and_missing_file_is_a_clear_error() {
     let missing = agent.run(&["import", "other", "/nonexistent/file.tar"]);
 
     let magic = std::fs::read(&out_file).unwrap()[..4].to_vec();
-    assert_eq!(magic, [0x28, 0xb5, 0x2f, 0xfd], "zstd chosen from the extension");
+    assert_eq!(
+        magic,
+        [0x28, 0xb5, 0x2f, 0xfd],
+        "zstd chosen from the extension"
+    );
     assert_eq!(agent.sh("copy", "cat /root/mine"), "safe\n");
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("cannot open /nonexistent/file.tar"));
@@ -211,16 +259,22 @@ fn export_round_trips_and_missing_file_is_a_clear_error() {
 
 #[test]
 fn garbage_on_the_socket_closes_only_that_connection() {
-    let Some(agent) = agent_with_witness() else { return };
+    let Some(agent) = agent_with_witness() else {
+        return;
+    };
     use std::io::Read;
 
     let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let mut buf = Vec::new();
     let closed = s.read_to_end(&mut buf);
 
-    assert!(closed.is_ok() && buf.is_empty(), "connection closed without a reply");
+    assert!(
+        closed.is_ok() && buf.is_empty(),
+        "connection closed without a reply"
+    );
     assert!(text(&agent.ok(&["list"]).stdout).contains("witness"));
     assert_eq!(agent.sh("witness", "echo still"), "still\n");
 }

@@ -34,7 +34,11 @@ fn missing_binary_exits_127_with_a_message() {
     let out = agent.run(&["exec", "missing", "--", "no-such-program", "x"]);
 
     assert_eq!(out.status.code(), Some(127));
-    assert!(text(&out.stderr).contains("no-such-program: command not found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-program: command not found"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -97,7 +101,14 @@ fn stdout_and_stderr_stay_apart() {
     let agent = TestAgent::start();
     agent.import_debian("streams");
 
-    let out = agent.run(&["exec", "streams", "--", "sh", "-c", "echo out; echo err >&2"]);
+    let out = agent.run(&[
+        "exec",
+        "streams",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
 
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
@@ -111,10 +122,28 @@ fn env_cwd_and_user_apply() {
     let agent = TestAgent::start();
     agent.import_debian("who");
 
-    let env = agent.ok(&["exec", "who", "-e", "GREETING=hello world", "--", "sh", "-c", "echo \"$GREETING\""]);
+    let env = agent.ok(&[
+        "exec",
+        "who",
+        "-e",
+        "GREETING=hello world",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"",
+    ]);
     let cwd = agent.ok(&["exec", "who", "--cd", "/tmp", "--", "pwd"]);
     let root = agent.ok(&["exec", "who", "--", "sh", "-c", "id -u; echo $HOME; pwd"]);
-    let nobody = agent.ok(&["exec", "who", "--user", "nobody", "--", "sh", "-c", "id -un; id -u; echo $HOME"]);
+    let nobody = agent.ok(&[
+        "exec",
+        "who",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "id -un; id -u; echo $HOME",
+    ]);
     let by_uid = agent.ok(&["exec", "who", "--user", "65534", "--", "id", "-un"]);
     let bad_user = agent.run(&["exec", "who", "--user", "mallory", "--", "true"]);
     let bad_cwd = agent.run(&["exec", "who", "--cd", "/nope", "--", "true"]);
@@ -143,7 +172,14 @@ fn fifty_concurrent_execs_are_all_correct() {
         .map(|i| {
             agent
                 .cli()
-                .args(["exec", "busy", "--", "sh", "-c", &format!("sleep 0.2; echo task-{i}; exit {}", i % 7)])
+                .args([
+                    "exec",
+                    "busy",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("sleep 0.2; echo task-{i}; exit {}", i % 7),
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -159,7 +195,9 @@ fn fifty_concurrent_execs_are_all_correct() {
 }
 
 fn agent_fds_and_rss(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kib = status
         .lines()

@@ -44,10 +44,21 @@ fn distro_has_fresh_dev_proc_tmp_and_run() {
          awk '$2==\"/tmp\"||$2==\"/run\"||$2==\"/dev/pts\"||$2==\"/proc\"||$2==\"/sys\"{print $2\":\"$3}' /proc/mounts | sort",
     );
 
-    for f in ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts/ptmx"] {
-        assert!(listing.contains(&format!("ok-{f}")), "/dev/{f} missing: {listing}");
+    for f in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts/ptmx",
+    ] {
+        assert!(
+            listing.contains(&format!("ok-{f}")),
+            "/dev/{f} missing: {listing}"
+        );
     }
-    for m in ["/dev/pts:devpts", "/proc:proc", "/run:tmpfs", "/sys:sysfs", "/tmp:tmpfs"] {
+    for m in [
+        "/dev/pts:devpts",
+        "/proc:proc",
+        "/run:tmpfs",
+        "/sys:sysfs",
+        "/tmp:tmpfs",
+    ] {
         assert!(listing.contains(m), "{m} not mounted: {listing}");
     }
 }
@@ -91,7 +102,10 @@ fn distro_mounts_do_not_leak_to_the_host() {
     agent.sh("leak", "mkdir -p /mnt/x && mount -t tmpfs none /mnt/x");
 
     let host = host_mountinfo();
-    assert!(!host.contains(&data), "distro mounts visible on the host:\n{host}");
+    assert!(
+        !host.contains(&data),
+        "distro mounts visible on the host:\n{host}"
+    );
 }
 
 #[test]
@@ -102,13 +116,21 @@ fn terminate_stops_one_distro_and_keeps_its_files() {
     let agent = TestAgent::start();
     agent.import_debian("keep");
     agent.import_debian("stop");
-    agent.sh("stop", "echo precious > /root/file; setsid sleep 4343 </dev/null >/dev/null 2>&1 &");
+    agent.sh(
+        "stop",
+        "echo precious > /root/file; setsid sleep 4343 </dev/null >/dev/null 2>&1 &",
+    );
     agent.sh("keep", "setsid sleep 4444 </dev/null >/dev/null 2>&1 &");
 
     agent.ok(&["terminate", "stop"]);
 
     let list = text(&agent.ok(&["list"]).stdout);
-    let row = |name: &str| list.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
     assert!(row("stop").contains("stopped"), "{list}");
     assert!(row("keep").contains("running"), "{list}");
     assert!(agent.sh("keep", "ps -eo args").contains("sleep 4444"));
@@ -168,7 +190,7 @@ fn cgroup_v2_groups_count_processes_and_terminate_kills_them() {
     }
     let root = std::path::Path::new("/sys/fs/cgroup/unified");
     let is_cgroup2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .map(|s| s.filesystem_type().0 as i64 == 0x6367_7270)
+        .map(|s| s.filesystem_type().0 == 0x6367_7270)
         .unwrap_or(false);
     let root = if is_cgroup2 {
         std::path::Path::new("/sys/fs/cgroup")
@@ -181,18 +203,27 @@ fn cgroup_v2_groups_count_processes_and_terminate_kills_them() {
     let agent = TestAgent::start_with_cgroups(Some(root));
     agent.import_debian("grouped");
 
-    agent.sh("grouped", "for i in 1 2 3; do setsid sleep 4545 </dev/null >/dev/null 2>&1 & done");
+    agent.sh(
+        "grouped",
+        "for i in 1 2 3; do setsid sleep 4545 </dev/null >/dev/null 2>&1 & done",
+    );
     let group = root.join("distroctl/grouped");
     let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
     let list = text(&agent.ok(&["list"]).stdout);
     let ns_root = agent.sh("grouped", "cat /proc/self/cgroup");
 
-    assert!(procs.lines().count() >= 4, "reaper and sleeps in the group: {procs}");
+    assert!(
+        procs.lines().count() >= 4,
+        "reaper and sleeps in the group: {procs}"
+    );
     let row = list.lines().find(|l| l.starts_with("grouped")).unwrap();
     let pids: u32 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(pids >= 4, "{list}");
     let v2_line = ns_root.lines().find(|l| l.starts_with("0::")).unwrap();
-    assert_eq!(v2_line, "0::/", "cgroup namespace rooted at the distro's group");
+    assert_eq!(
+        v2_line, "0::/",
+        "cgroup namespace rooted at the distro's group"
+    );
 
     agent.ok(&["terminate", "grouped"]);
     assert!(!group.exists(), "group removed after terminate");

@@ -78,10 +78,22 @@ fn agent_with_term() -> Option<TestAgent> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tty_is_a_terminal_only_when_asked() {
-    let Some(agent) = agent_with_term() else { return };
+    let Some(agent) = agent_with_term() else {
+        return;
+    };
 
-    let mut with = exec(&agent, &["sh", "-c", "test -t 0 && echo yes || echo no"], Some((24, 80))).await;
-    let mut without = exec(&agent, &["sh", "-c", "test -t 0 && echo yes || echo no"], None).await;
+    let mut with = exec(
+        &agent,
+        &["sh", "-c", "test -t 0 && echo yes || echo no"],
+        Some((24, 80)),
+    )
+    .await;
+    let mut without = exec(
+        &agent,
+        &["sh", "-c", "test -t 0 && echo yes || echo no"],
+        None,
+    )
+    .await;
 
     assert_eq!(finish(&mut with).await.0.trim(), "yes");
     assert_eq!(finish(&mut without).await.0.trim(), "no");
@@ -89,13 +101,22 @@ async fn tty_is_a_terminal_only_when_asked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tty_reports_size_and_follows_resize() {
-    let Some(agent) = agent_with_term() else { return };
+    let Some(agent) = agent_with_term() else {
+        return;
+    };
     let script = "stty size; echo ready; read line; stty size; echo $TERM";
 
     let mut conn = exec(&agent, &["sh", "-c", script], Some((33, 111))).await;
     let first = wait_for(&mut conn, "ready").await;
-    conn.send(Frame::Resize { rows: 50, cols: 132 }).await.unwrap();
-    conn.send(Frame::Stdin(Bytes::from_static(b"go\r"))).await.unwrap();
+    conn.send(Frame::Resize {
+        rows: 50,
+        cols: 132,
+    })
+    .await
+    .unwrap();
+    conn.send(Frame::Stdin(Bytes::from_static(b"go\r")))
+        .await
+        .unwrap();
     let (rest, code) = finish(&mut conn).await;
 
     assert!(first.contains("33 111"), "{first}");
@@ -106,13 +127,22 @@ async fn tty_reports_size_and_follows_resize() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_byte_interrupts_the_foreground_process() {
-    let Some(agent) = agent_with_term() else { return };
+    let Some(agent) = agent_with_term() else {
+        return;
+    };
 
-    let mut conn = exec(&agent, &["sh", "-c", "echo started; exec sleep 100"], Some((24, 80))).await;
+    let mut conn = exec(
+        &agent,
+        &["sh", "-c", "echo started; exec sleep 100"],
+        Some((24, 80)),
+    )
+    .await;
     wait_for(&mut conn, "started").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = Instant::now();
-    conn.send(Frame::Stdin(Bytes::from_static(b"\x03"))).await.unwrap();
+    conn.send(Frame::Stdin(Bytes::from_static(b"\x03")))
+        .await
+        .unwrap();
     let (_, code) = finish(&mut conn).await;
 
     assert_eq!(code, 128 + 2, "SIGINT ends sleep");
@@ -121,11 +151,15 @@ async fn ctrl_c_byte_interrupts_the_foreground_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_frame_reaches_a_process_on_pipes() {
-    let Some(agent) = agent_with_term() else { return };
+    let Some(agent) = agent_with_term() else {
+        return;
+    };
 
     let mut conn = exec(&agent, &["sh", "-c", "echo started; exec sleep 100"], None).await;
     wait_for(&mut conn, "started").await;
-    conn.send(Frame::Signal(libc::SIGTERM as u32)).await.unwrap();
+    conn.send(Frame::Signal(libc::SIGTERM as u32))
+        .await
+        .unwrap();
     let (_, code) = finish(&mut conn).await;
 
     assert_eq!(code, 128 + libc::SIGTERM);
@@ -156,7 +190,9 @@ fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) -> bo
 
 #[test]
 fn shell_runs_interactively_on_a_real_terminal() {
-    let Some(agent) = agent_with_term() else { return };
+    let Some(agent) = agent_with_term() else {
+        return;
+    };
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
             ws_row: 40,
@@ -190,7 +226,10 @@ fn shell_runs_interactively_on_a_real_terminal() {
     let mut master = std::fs::File::from(pty.master);
     let mut seen = String::new();
 
-    assert!(read_until(&mut master, "# ", &mut seen), "no root prompt: {seen:?}");
+    assert!(
+        read_until(&mut master, "# ", &mut seen),
+        "no root prompt: {seen:?}"
+    );
     master.write_all(b"echo hi-$((40+2)); stty size\r").unwrap();
     assert!(read_until(&mut master, "hi-42", &mut seen), "{seen:?}");
     assert!(read_until(&mut master, "40 100", &mut seen), "{seen:?}");
@@ -199,7 +238,13 @@ fn shell_runs_interactively_on_a_real_terminal() {
 
     assert_eq!(status.code(), Some(3));
     let after = nix::sys::termios::tcgetattr(&slave).unwrap();
-    assert_eq!(before.local_flags, after.local_flags, "terminal mode restored");
-    assert_eq!(before.input_flags, after.input_flags, "terminal mode restored");
+    assert_eq!(
+        before.local_flags, after.local_flags,
+        "terminal mode restored"
+    );
+    assert_eq!(
+        before.input_flags, after.input_flags,
+        "terminal mode restored"
+    );
     let _ = master.as_raw_fd();
 }

@@ -52,7 +52,7 @@ impl Cgroups {
     /// delegates the memory, cpu and pids controllers to it where possible.
     pub fn detect(root: &Path) -> Option<Cgroups> {
         let stat = nix::sys::statfs::statfs(root).ok()?;
-        if stat.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        if stat.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
             tracing::info!(root = %root.display(), "no cgroup2 mount; distros run without resource limits");
             return None;
         }
@@ -63,6 +63,7 @@ impl Cgroups {
         }
         enable_controllers(root);
         enable_controllers(&parent);
+        remove_stale_groups(&parent);
         Some(Cgroups { parent })
     }
 
@@ -148,6 +149,31 @@ impl DistroCgroup {
     /// Removes the (empty) group, and any child groups its processes made.
     pub fn remove(&self) {
         remove_tree(&self.path);
+    }
+}
+
+/// Kills and removes groups left by an earlier agent that died: this agent
+/// cannot manage their processes (they are not its children).
+fn remove_stale_groups(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            tracing::warn!(group = %e.path().display(), "stopping a distro left by an earlier agent");
+            let group = DistroCgroup {
+                path: e.path(),
+                limits_applied: false,
+            };
+            group.kill_all();
+            for _ in 0..100 {
+                if group.process_count() == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            group.remove();
+        }
     }
 }
 

@@ -102,8 +102,14 @@ pub fn run(config: DistroInitConfig) -> ! {
 fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
     let root = &config.rootfs;
     // Nothing mounted from here on propagates back to the agent's namespace.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .step(|| "make the mount namespace private".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .step(|| "make the mount namespace private".into())?;
     mount(
         Some(root.as_path()),
         root.as_path(),
@@ -114,8 +120,20 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
     .step(|| format!("bind-mount {}", root.display()))?;
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount_fs("proc", &root.join("proc"), "proc", nosuid_nodev | MsFlags::MS_NOEXEC, None)?;
-    mount_fs("sysfs", &root.join("sys"), "sysfs", nosuid_nodev | MsFlags::MS_NOEXEC, None)?;
+    mount_fs(
+        "proc",
+        &root.join("proc"),
+        "proc",
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     if config.cgroup {
         mount_fs(
             "cgroup2",
@@ -126,22 +144,39 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         )?;
     }
     setup_dev(&root.join("dev"))?;
-    mount_fs("tmpfs", &root.join("run"), "tmpfs", nosuid_nodev, Some("mode=0755"))?;
+    mount_fs(
+        "tmpfs",
+        &root.join("run"),
+        "tmpfs",
+        nosuid_nodev,
+        Some("mode=0755"),
+    )?;
     for dir in ["run/lock", "run/user"] {
         fs::create_dir_all(root.join(dir)).step(|| format!("create /{dir}"))?;
     }
     fs::set_permissions(root.join("run/lock"), fs::Permissions::from_mode(0o1777))
         .step(|| "set mode of /run/lock".into())?;
-    mount_fs("tmpfs", &root.join("tmp"), "tmpfs", nosuid_nodev, Some("mode=1777"))?;
+    mount_fs(
+        "tmpfs",
+        &root.join("tmp"),
+        "tmpfs",
+        nosuid_nodev,
+        Some("mode=1777"),
+    )?;
 
-    sethostname(&config.name)
-        .step(|| "set the host name".into())?;
+    sethostname(&config.name).step(|| "set the host name".into())?;
     enter_root(root)?;
     write_generated_files(config)
 }
 
 fn setup_dev(dev: &Path) -> Result<(), SetupError> {
-    mount_fs("tmpfs", dev, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755"))?;
+    mount_fs(
+        "tmpfs",
+        dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )?;
     let nodes = [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -152,8 +187,13 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
     ];
     for (name, major, minor) in nodes {
         let path = dev.join(name);
-        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-            .step(|| format!("create /dev/{name}"))?;
+        mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .step(|| format!("create /dev/{name}"))?;
         // mknod applies the umask; the nodes must be world-usable.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
             .step(|| format!("set mode of /dev/{name}"))?;
@@ -165,7 +205,13 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    mount_fs("tmpfs", &dev.join("shm"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs(
+        "tmpfs",
+        &dev.join("shm"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     let links = [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -183,20 +229,23 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
 /// old root. When the agent's own root is the initramfs (rootfs cannot be
 /// pivoted away from), it moves the mount over `/` and chroots instead.
 fn enter_root(root: &Path) -> Result<(), SetupError> {
-    chdir(root)
-        .step(|| format!("enter {}", root.display()))?;
+    chdir(root).step(|| format!("enter {}", root.display()))?;
     match pivot_root(".", ".") {
         Ok(()) => {
-            mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-                .step(|| "make the old root a slave".into())?;
-            umount2(".", MntFlags::MNT_DETACH)
-                .step(|| "detach the old root".into())?;
+            mount(
+                None::<&str>,
+                ".",
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .step(|| "make the old root a slave".into())?;
+            umount2(".", MntFlags::MNT_DETACH).step(|| "detach the old root".into())?;
         }
         Err(nix::Error::EINVAL) => {
             mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
                 .step(|| "move the distro root over /".into())?;
-            nix::unistd::chroot(".")
-                .step(|| "chroot into the distro root".into())?;
+            nix::unistd::chroot(".").step(|| "chroot into the distro root".into())?;
         }
         Err(e) => {
             return Err(SetupError {
@@ -205,8 +254,7 @@ fn enter_root(root: &Path) -> Result<(), SetupError> {
             })
         }
     }
-    chdir("/")
-        .step(|| "enter /".into())
+    chdir("/").step(|| "enter /".into())
 }
 
 const GENERATED_HEADER: &str =
@@ -240,7 +288,11 @@ fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// Points stdin, stdout and stderr at `/dev/null` so the agent's pipes close.
 fn detach_stdio() {
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsRawFd;
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors; `null` is a valid
@@ -253,7 +305,7 @@ fn detach_stdio() {
 fn exec_systemd() -> ! {
     let init = CString::new("/sbin/init").expect("no NUL");
     let env = [CString::new("container=distroctl").expect("no NUL")];
-    let err = nix::unistd::execve(&init, &[init.clone()], &env).unwrap_err();
+    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &env).unwrap_err();
     // Without its init the distro cannot run; ending PID 1 tears it down and
     // the agent reports the distro stopped.
     let _ = writeln!(std::io::stderr(), "could not start /sbin/init: {err}");
@@ -265,7 +317,12 @@ fn exec_systemd() -> ! {
 fn reap_forever() -> ! {
     let _ = nix::sys::prctl::set_name(&CString::new(REAPER_COMM).expect("no NUL"));
     let mut set = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         set.add(s);
     }
     let _ = set.thread_block();

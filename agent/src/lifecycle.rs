@@ -229,16 +229,22 @@ impl Distros {
             });
         }
         let mut child = spawn_as_pid1(cmd).await.map_err(spawn_err)?;
-        let pid1 = child.id().ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))? as i32;
+        let pid1 = child
+            .id()
+            .ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))?
+            as i32;
 
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let mut line = String::new();
-        let ready = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+        let ready =
+            tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
         if !matches!(ready, Ok(Ok(_)) if line.trim_end() == READY_LINE) {
             let _ = kill(Pid::from_raw(pid1), Signal::SIGKILL);
             let mut message = String::new();
-            let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut message)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut message))
+                    .await;
             let status = child.wait().await.ok();
             if let Some(g) = &cgroup {
                 g.remove();
@@ -269,7 +275,10 @@ impl Distros {
         let name = name.to_string();
         tokio::spawn(async move {
             let status = child.wait().await;
-            let code = status.as_ref().ok().and_then(|s| s.code().or(s.signal().map(|n| 128 + n)));
+            let code = status
+                .as_ref()
+                .ok()
+                .and_then(|s| s.code().or(s.signal().map(|n| 128 + n)));
             tracing::info!(distro = %name, ?code, "distro stopped");
             let mut map = this.running.lock().await;
             if let Some(r) = map.get(&name).filter(|r| r.pid1 == pid1) {
@@ -311,7 +320,9 @@ impl Distros {
     pub async fn reserve_import(&self, name: &str) -> Result<ImportReservation, Response> {
         crate::store::validate_name(name).map_err(|e| store_error_response(&e))?;
         if self.store.exists(name) {
-            return Err(store_error_response(&StoreError::AlreadyExists(name.to_string())));
+            return Err(store_error_response(&StoreError::AlreadyExists(
+                name.to_string(),
+            )));
         }
         let mut set = self.importing.lock().unwrap_or_else(|p| p.into_inner());
         if !set.insert(name.to_string()) {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ErrorKind, Frame, FrameCodec, Hello, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION};
+use protocol::{
+    ErrorKind, Frame, FrameCodec, Hello, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
+};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -49,7 +51,9 @@ impl std::str::FromStr for ListenAddr {
                 .map(ListenAddr::Vsock)
                 .map_err(|_| format!("invalid vsock port {port:?}"));
         }
-        Err(format!("unknown listen address {s:?}: use unix:PATH or vsock:PORT"))
+        Err(format!(
+            "unknown listen address {s:?}: use unix:PATH or vsock:PORT"
+        ))
     }
 }
 
@@ -141,7 +145,10 @@ impl Agent {
                         hello.protocol
                     );
                     let _ = conn
-                        .send(Frame::Response(Response::error(ErrorKind::VersionMismatch, msg)))
+                        .send(Frame::Response(Response::error(
+                            ErrorKind::VersionMismatch,
+                            msg,
+                        )))
                         .await;
                     return;
                 }
@@ -168,7 +175,9 @@ impl Agent {
             Some(Ok(Frame::Request(r))) => r,
             Some(Ok(other)) => {
                 let msg = format!("expected a request, got a {:?} frame", other.kind());
-                let _ = conn.send(Frame::Response(Response::error(ErrorKind::BadRequest, msg))).await;
+                let _ = conn
+                    .send(Frame::Response(Response::error(ErrorKind::BadRequest, msg)))
+                    .await;
                 return;
             }
             Some(Err(e)) => {
@@ -211,10 +220,12 @@ impl Agent {
                 Ok(distros) => Response::Distros { distros },
                 Err(e) => e.to_response(),
             },
-            Request::Configure { name, settings } => match distros.store.set_settings(&name, &settings) {
-                Ok(()) => Response::Ok,
-                Err(e) => crate::lifecycle::store_error_response(&e),
-            },
+            Request::Configure { name, settings } => {
+                match distros.store.set_settings(&name, &settings) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => crate::lifecycle::store_error_response(&e),
+                }
+            }
             Request::Unregister { name } => match distros.unregister(&name).await {
                 Ok(()) => Response::Ok,
                 Err(e) => e.to_response(),

@@ -160,7 +160,11 @@ impl Store {
         let store = Store { distros };
         for entry in fs::read_dir(&store.distros).map_err(io_err("read", &store.distros))? {
             let entry = entry.map_err(io_err("read", &store.distros))?;
-            if entry.file_name().to_string_lossy().starts_with(HIDDEN_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(HIDDEN_PREFIX)
+            {
                 tracing::info!(dir = %entry.path().display(), "removing leftover work directory");
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
                     tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove leftover work directory");
@@ -325,7 +329,17 @@ mod tests {
 
     #[test]
     fn validate_name_rejects_others() {
-        for bad in ["", "Debian", "-x", ".x", "a/b", "..", "a b", &"a".repeat(65), "é"] {
+        for bad in [
+            "",
+            "Debian",
+            "-x",
+            ".x",
+            "a/b",
+            "..",
+            "a b",
+            &"a".repeat(65),
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
@@ -352,7 +366,11 @@ mod tests {
             ..Default::default()
         };
 
-        store.begin_import("d", &settings).unwrap().commit().unwrap();
+        store
+            .begin_import("d", &settings)
+            .unwrap()
+            .commit()
+            .unwrap();
 
         assert_eq!(store.names().unwrap(), vec!["d".to_string()]);
         assert_eq!(store.settings("d").unwrap(), settings);
@@ -368,7 +386,9 @@ mod tests {
             .commit()
             .unwrap();
 
-        let err = store.begin_import("d", &DistroSettings::default()).unwrap_err();
+        let err = store
+            .begin_import("d", &DistroSettings::default())
+            .unwrap_err();
 
         assert!(matches!(err, StoreError::AlreadyExists(_)));
     }

@@ -42,7 +42,12 @@ impl Read for ChannelReader {
 
 /// Serves an import: answers `Ready`, feeds `Data` frames to the extractor
 /// and installs the distro only when the whole stream was extracted.
-pub async fn import(mut conn: Connection, name: String, settings: DistroSettings, distros: Arc<Distros>) {
+pub async fn import(
+    mut conn: Connection,
+    name: String,
+    settings: DistroSettings,
+    distros: Arc<Distros>,
+) {
     let _reservation = match distros.reserve_import(&name).await {
         Ok(r) => r,
         Err(resp) => {
@@ -152,7 +157,12 @@ impl Write for ChannelWriter {
 
 /// Serves an export: answers `Ready`, streams the tar as `Data` frames and
 /// ends with `DataEnd` (or an error response).
-pub async fn export(mut conn: Connection, name: String, compression: Compression, distros: Arc<Distros>) {
+pub async fn export(
+    mut conn: Connection,
+    name: String,
+    compression: Compression,
+    distros: Arc<Distros>,
+) {
     let rootfs = match distros.store.rootfs(&name) {
         Ok(r) => r,
         Err(e) => {

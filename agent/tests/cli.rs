@@ -29,5 +29,8 @@ fn unreadable_data_dir_is_one_clear_error() {
 
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("distroctl-agent: could not create"), "{err}");
+    assert!(
+        err.starts_with("distroctl-agent: could not create"),
+        "{err}"
+    );
 }

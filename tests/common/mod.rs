@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 /// needs root for namespaces, mounts and `pivot_root`.
 pub fn can_run_agent() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: the agent tests need root (namespaces, mounts, pivot_root); run them as root");
+        eprintln!(
+            "SKIP: the agent tests need root (namespaces, mounts, pivot_root); run them as root"
+        );
         return false;
     }
     true

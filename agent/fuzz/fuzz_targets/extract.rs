@@ -25,13 +25,22 @@ fuzz_target!(|data: &[u8]| {
         .map(|entry| entry.expect("directory entry").file_name())
         .collect();
     names.sort();
-    assert_eq!(names, ["outside", "root"], "extraction wrote next to the root");
+    assert_eq!(
+        names,
+        ["outside", "root"],
+        "extraction wrote next to the root"
+    );
     assert!(
-        std::fs::read_dir(&outside).expect("list outside").next().is_none(),
+        std::fs::read_dir(&outside)
+            .expect("list outside")
+            .next()
+            .is_none(),
         "extraction wrote outside the root"
     );
     assert!(
-        std::fs::symlink_metadata(&root).expect("stat root").is_dir(),
+        std::fs::symlink_metadata(&root)
+            .expect("stat root")
+            .is_dir(),
         "the root was replaced"
     );
 });

@@ -59,12 +59,24 @@ pub(super) fn format_name(compression: Compression) -> &'static str {
 
 /// Wraps `input` in the decoder for `compression`. Concatenated gzip members,
 /// xz streams and zstd frames are all read, as the command line tools do.
-pub(super) fn decoder<'a>(compression: Compression, input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+pub(super) fn decoder<'a>(
+    compression: Compression,
+    input: impl Read + 'a,
+) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(BufReader::with_capacity(READ_BUFFER, input)),
-        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(READ_BUFFER, input))),
-        Compression::Xz => Box::new(XzDecoder::new_multi_decoder(BufReader::with_capacity(READ_BUFFER, input))),
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(BufReader::with_capacity(READ_BUFFER, input))?),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+            READ_BUFFER,
+            input,
+        ))),
+        Compression::Xz => Box::new(XzDecoder::new_multi_decoder(BufReader::with_capacity(
+            READ_BUFFER,
+            input,
+        ))),
+        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(BufReader::with_capacity(
+            READ_BUFFER,
+            input,
+        ))?),
     })
 }
 
@@ -111,7 +123,9 @@ impl<W: Write> Encoder<W> {
             Encoder::Xz(enc) => enc.finish()?,
             Encoder::Zstd(enc) => enc.finish()?,
         };
-        buffered.into_inner().map_err(io::IntoInnerError::into_error)
+        buffered
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)
     }
 }
 
@@ -139,7 +153,12 @@ impl<W: Write> Write for Encoder<W> {
 mod tests {
     use super::*;
 
-    const ALL: [Compression; 4] = [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd];
+    const ALL: [Compression; 4] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Zstd,
+    ];
 
     fn compress(compression: Compression, data: &[u8]) -> Vec<u8> {
         let mut enc = Encoder::new(compression, Vec::new()).unwrap();
@@ -153,7 +172,10 @@ mod tests {
         let data = b"not really tar, but enough bytes to compress".repeat(10);
 
         // Act
-        let detected: Vec<_> = ALL.iter().map(|&c| detect(&compress(c, &data)[..MAGIC_LEN])).collect();
+        let detected: Vec<_> = ALL
+            .iter()
+            .map(|&c| detect(&compress(c, &data)[..MAGIC_LEN]))
+            .collect();
 
         // Assert
         assert_eq!(detected, ALL);
@@ -181,7 +203,10 @@ mod tests {
 
             // Act
             let mut unpacked = Vec::new();
-            decoder(compression, &packed[..]).unwrap().read_to_end(&mut unpacked).unwrap();
+            decoder(compression, &packed[..])
+                .unwrap()
+                .read_to_end(&mut unpacked)
+                .unwrap();
 
             // Assert
             assert_eq!(unpacked, data, "{compression:?}");
@@ -197,7 +222,10 @@ mod tests {
 
             // Act
             let mut unpacked = Vec::new();
-            decoder(compression, &packed[..]).unwrap().read_to_end(&mut unpacked).unwrap();
+            decoder(compression, &packed[..])
+                .unwrap()
+                .read_to_end(&mut unpacked)
+                .unwrap();
 
             // Assert
             assert_eq!(unpacked, b"first second", "{compression:?}");
@@ -215,7 +243,9 @@ mod tests {
 
             // Act
             let mut unpacked = Vec::new();
-            let result = decoder(compression, cut).unwrap().read_to_end(&mut unpacked);
+            let result = decoder(compression, cut)
+                .unwrap()
+                .read_to_end(&mut unpacked);
 
             // Assert
             assert!(result.is_err(), "{compression:?} accepted a cut stream");

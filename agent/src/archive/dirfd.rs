@@ -12,9 +12,12 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstatat, FileStat, Mode};
-use nix::fcntl::AtFlags;
+
+/// Extended attributes as (name, value) pairs.
+pub(super) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Takes ownership of a descriptor just returned by a successful `openat`.
 fn owned(fd: RawFd) -> OwnedFd {
@@ -24,7 +27,12 @@ fn owned(fd: RawFd) -> OwnedFd {
 }
 
 fn open_at(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag, mode: Mode) -> io::Result<OwnedFd> {
-    let fd = openat(Some(dir.as_raw_fd()), OsStr::from_bytes(name), flags | OFlag::O_CLOEXEC, mode)?;
+    let fd = openat(
+        Some(dir.as_raw_fd()),
+        OsStr::from_bytes(name),
+        flags | OFlag::O_CLOEXEC,
+        mode,
+    )?;
     Ok(owned(fd))
 }
 
@@ -70,7 +78,11 @@ pub(super) fn open_path_only(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Own
 
 /// `lstat` of `name` in `dir`.
 pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<FileStat> {
-    Ok(fstatat(Some(dir.as_raw_fd()), OsStr::from_bytes(name), AtFlags::AT_SYMLINK_NOFOLLOW)?)
+    Ok(fstatat(
+        Some(dir.as_raw_fd()),
+        OsStr::from_bytes(name),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// File type bits of a `stat` mode.
@@ -87,13 +99,17 @@ fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
 }
 
 /// Sets an extended attribute on the inode behind a path-only descriptor.
-pub(super) fn set_xattr_path_only(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8]) -> io::Result<()> {
+pub(super) fn set_xattr_path_only(
+    fd: BorrowedFd<'_>,
+    name: &OsStr,
+    value: &[u8],
+) -> io::Result<()> {
     xattr::set_deref(proc_path(fd), name, value)
 }
 
 /// Lists the extended attributes of the inode behind a path-only descriptor,
 /// with their values.
-pub(super) fn xattrs_path_only(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(super) fn xattrs_path_only(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let path = proc_path(fd);
     let mut out = Vec::new();
     for name in xattr::list_deref(&path)? {
@@ -106,7 +122,7 @@ pub(super) fn xattrs_path_only(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, V
 }
 
 /// Lists the extended attributes of an open file or directory, with values.
-pub(super) fn xattrs_of_file(file: &File) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(super) fn xattrs_of_file(file: &File) -> io::Result<Xattrs> {
     use xattr::FileExt;
     let mut out = Vec::new();
     for name in file.list_xattr()? {
@@ -142,7 +158,10 @@ mod tests {
         assert!(real.is_ok());
         // O_DIRECTORY wins over O_NOFOLLOW in the error code.
         let code = link.unwrap_err().raw_os_error();
-        assert!(matches!(code, Some(libc::ENOTDIR | libc::ELOOP)), "{code:?}");
+        assert!(
+            matches!(code, Some(libc::ENOTDIR | libc::ELOOP)),
+            "{code:?}"
+        );
     }
 
     #[test]

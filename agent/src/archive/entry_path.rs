@@ -12,7 +12,19 @@ pub(super) enum PathProblem {
     Absolute,
     /// Has a `..` component.
     LeavesRoot,
+    /// Longer than the kernel takes, or nested too deeply.
+    TooLong,
 }
+
+/// Longest path, as `PATH_MAX` without its NUL.
+const PATH_MAX: usize = 4095;
+
+/// Longest component, as `NAME_MAX`.
+const NAME_MAX: usize = 255;
+
+/// Deepest nesting. Extraction holds one descriptor per level, so this keeps
+/// it well below the usual limit of 1024 open files; real trees stay under 30.
+const DEPTH_MAX: usize = 256;
 
 /// An entry path that stays below the distro root, normalized: no leading
 /// `./`, no `.` or empty components, no trailing slash. The root itself is the
@@ -32,6 +44,7 @@ impl EntryPath {
             return Err(PathProblem::Absolute);
         }
         let mut normalized = Vec::with_capacity(raw.len());
+        let mut depth = 0;
         for component in raw.split(|&b| b == b'/') {
             match component {
                 b"" | b"." => {}
@@ -41,8 +54,15 @@ impl EntryPath {
                         normalized.push(b'/');
                     }
                     normalized.extend_from_slice(component);
+                    depth += 1;
+                    if component.len() > NAME_MAX {
+                        return Err(PathProblem::TooLong);
+                    }
                 }
             }
+        }
+        if normalized.len() > PATH_MAX || depth > DEPTH_MAX {
+            return Err(PathProblem::TooLong);
         }
         Ok(EntryPath { normalized })
     }
@@ -95,7 +115,10 @@ mod tests {
         let raws: [&[u8]; 3] = [b"./", b".", b".//."];
 
         // Act
-        let paths: Vec<_> = raws.iter().map(|raw| EntryPath::parse(raw).unwrap()).collect();
+        let paths: Vec<_> = raws
+            .iter()
+            .map(|raw| EntryPath::parse(raw).unwrap())
+            .collect();
 
         // Assert
         for path in paths {
@@ -126,13 +149,44 @@ mod tests {
         let nul = b"etc/pass\0wd";
 
         // Act
-        let results = [EntryPath::parse(absolute), EntryPath::parse(empty), EntryPath::parse(nul)];
+        let results = [
+            EntryPath::parse(absolute),
+            EntryPath::parse(empty),
+            EntryPath::parse(nul),
+        ];
 
         // Assert
         assert_eq!(
             results,
-            [Err(PathProblem::Absolute), Err(PathProblem::Invalid), Err(PathProblem::Invalid)]
+            [
+                Err(PathProblem::Absolute),
+                Err(PathProblem::Invalid),
+                Err(PathProblem::Invalid)
+            ]
         );
+    }
+
+    #[test]
+    fn parse_rejects_paths_the_kernel_could_not_take() {
+        // Arrange
+        let long_name = [b'n'; NAME_MAX + 1];
+        let long_path = b"abcdefg/".repeat(600);
+        let deep = b"a/".repeat(DEPTH_MAX + 1);
+        let longest_name = [b'n'; NAME_MAX];
+
+        // Act
+        let results = [
+            EntryPath::parse(&long_name),
+            EntryPath::parse(&long_path),
+            EntryPath::parse(&deep),
+        ];
+
+        // Assert
+        for result in results {
+            assert_eq!(result, Err(PathProblem::TooLong));
+        }
+        assert!(EntryPath::parse(&longest_name).is_ok());
+        assert!(EntryPath::parse(&b"a/".repeat(DEPTH_MAX)).is_ok());
     }
 
     #[test]
@@ -157,6 +211,9 @@ mod tests {
 
         // Assert
         assert_eq!(count, 0);
-        assert_eq!(components(b"a/b").collect::<Vec<_>>(), [&b"a"[..], &b"b"[..]]);
+        assert_eq!(
+            components(b"a/b").collect::<Vec<_>>(),
+            [&b"a"[..], &b"b"[..]]
+        );
     }
 }

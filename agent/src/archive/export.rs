@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use tar::{Builder, EntryType, Header};
 
 use super::compression::Encoder;
+use super::dirfd::Xattrs;
 use super::unpack::xattr_restored;
 use super::{dirfd, shown, ExportError};
 
@@ -29,8 +30,15 @@ use super::{dirfd, shown, ExportError};
 /// long-link entry.
 const HEADER_LINK_MAX: usize = 100;
 
-pub(super) fn export_tree(root: &Path, compression: Compression, out: impl Write) -> Result<(), ExportError> {
-    let read_err = |source| ExportError::Read { path: root.to_owned(), source };
+pub(super) fn export_tree(
+    root: &Path,
+    compression: Compression,
+    out: impl Write,
+) -> Result<(), ExportError> {
+    let read_err = |source| ExportError::Read {
+        path: root.to_owned(),
+        source,
+    };
     let root_dir = File::open(root).map_err(read_err)?;
     let root_stat = nix::sys::stat::fstat(root_dir.as_raw_fd()).map_err(|e| read_err(e.into()))?;
     if dirfd::file_type(&root_stat) != libc::S_IFDIR {
@@ -60,7 +68,11 @@ impl<W: Write> Exporter<W> {
     /// Writes the directory `dir` at `rel` (empty for the root), then what is in it.
     fn directory(&mut self, dir: File, stat: &FileStat, rel: &[u8]) -> Result<(), ExportError> {
         let xattrs = dirfd::xattrs_of_file(&dir).map_err(read_error(rel))?;
-        let mut name = if rel.is_empty() { b".".to_vec() } else { rel.to_vec() };
+        let mut name = if rel.is_empty() {
+            b".".to_vec()
+        } else {
+            rel.to_vec()
+        };
         name.push(b'/');
         let header = header_for(stat, EntryType::Directory);
         self.append(header, &name, &xattrs, io::empty())?;
@@ -71,7 +83,10 @@ impl<W: Write> Exporter<W> {
 
         let listing = dir.try_clone().map_err(read_error(rel))?;
         let mut names: Vec<Vec<u8>> = Vec::new();
-        for entry in Dir::from(listing).map_err(|e| read_error(rel)(e.into()))?.into_iter() {
+        for entry in Dir::from(listing)
+            .map_err(|e| read_error(rel)(e.into()))?
+            .into_iter()
+        {
             let entry = entry.map_err(|e| read_error(rel)(e.into()))?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
@@ -80,14 +95,23 @@ impl<W: Write> Exporter<W> {
         }
         names.sort_unstable();
         for name in names {
-            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                [rel, b"/", &name].concat()
+            };
             self.child(dir.as_fd(), &name, &child)?;
         }
         Ok(())
     }
 
     /// Writes the entry `name` of `parent`, found at `rel`.
-    fn child(&mut self, parent: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<(), ExportError> {
+    fn child(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        rel: &[u8],
+    ) -> Result<(), ExportError> {
         let stat = match dirfd::stat_at(parent, name) {
             Ok(stat) => stat,
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
@@ -121,7 +145,9 @@ impl<W: Write> Exporter<W> {
                 let mut header = header_for(&stat, entry_type);
                 if entry_type != EntryType::Fifo {
                     let (major, minor) = (major(stat.st_rdev), minor(stat.st_rdev));
-                    let fits = |n: u64| u32::try_from(n).map_err(|_| io::Error::other("device number out of range"));
+                    let fits = |n: u64| {
+                        u32::try_from(n).map_err(|_| io::Error::other("device number out of range"))
+                    };
                     let set = header
                         .set_device_major(fits(major).map_err(read_error(rel))?)
                         .and_then(|()| header.set_device_minor(fits(minor)?));
@@ -137,7 +163,13 @@ impl<W: Write> Exporter<W> {
         }
     }
 
-    fn regular(&mut self, parent: BorrowedFd<'_>, name: &[u8], stat: &FileStat, rel: &[u8]) -> Result<(), ExportError> {
+    fn regular(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        stat: &FileStat,
+        rel: &[u8],
+    ) -> Result<(), ExportError> {
         let key = (stat.st_dev, stat.st_ino);
         if stat.st_nlink > 1 {
             if let Some(first) = self.first_links.get(&key) {
@@ -157,34 +189,64 @@ impl<W: Write> Exporter<W> {
         }
         let xattrs = dirfd::xattrs_of_file(&file).map_err(read_error(rel))?;
         let size = u64::try_from(stat.st_size).unwrap_or(0);
-        let mut data = ExactSize { file, left: size, error: None, padded: false };
-        self.append(header_for(&stat, EntryType::Regular), rel, &xattrs, &mut data)
-            .map_err(|err| match data.error.take() {
-                Some(source) => ExportError::Read { path: path_of(rel), source },
-                None => err,
-            })?;
+        let mut data = ExactSize {
+            file,
+            left: size,
+            error: None,
+            padded: false,
+        };
+        self.append(
+            header_for(&stat, EntryType::Regular),
+            rel,
+            &xattrs,
+            &mut data,
+        )
+        .map_err(|err| match data.error.take() {
+            Some(source) => ExportError::Read {
+                path: path_of(rel),
+                source,
+            },
+            None => err,
+        })?;
         if data.padded {
             tracing::warn!(path = %shown(rel), "file shrank while being exported; padded with zeros");
         }
         if stat.st_nlink > 1 {
-            self.first_links.insert((stat.st_dev, stat.st_ino), rel.to_vec());
+            self.first_links
+                .insert((stat.st_dev, stat.st_ino), rel.to_vec());
         }
         Ok(())
     }
 
     /// Appends PAX records for `xattrs` (if any), then the entry.
-    fn append(&mut self, mut header: Header, rel: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)], data: impl Read) -> Result<(), ExportError> {
+    fn append(
+        &mut self,
+        mut header: Header,
+        rel: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        data: impl Read,
+    ) -> Result<(), ExportError> {
         self.append_xattrs(rel, xattrs)?;
         let path = Path::new(std::ffi::OsStr::from_bytes(rel));
-        self.builder.append_data(&mut header, path, data).map_err(ExportError::Write)
+        self.builder
+            .append_data(&mut header, path, data)
+            .map_err(ExportError::Write)
     }
 
-    fn append_link(&mut self, mut header: Header, rel: &[u8], target: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), ExportError> {
+    fn append_link(
+        &mut self,
+        mut header: Header,
+        rel: &[u8],
+        target: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ExportError> {
         self.append_xattrs(rel, xattrs)?;
         let path = Path::new(std::ffi::OsStr::from_bytes(rel));
         let result = if target.len() <= HEADER_LINK_MAX {
             // Byte for byte: `append_link` would normalize the target.
-            header.set_link_name_literal(target).and_then(|()| self.builder.append_data(&mut header, path, io::empty()))
+            header
+                .set_link_name_literal(target)
+                .and_then(|()| self.builder.append_data(&mut header, path, io::empty()))
         } else {
             let target = Path::new(std::ffi::OsStr::from_bytes(target));
             self.builder.append_link(&mut header, path, target)
@@ -192,21 +254,29 @@ impl<W: Write> Exporter<W> {
         result.map_err(ExportError::Write)
     }
 
-    fn append_xattrs(&mut self, rel: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), ExportError> {
+    fn append_xattrs(
+        &mut self,
+        rel: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ExportError> {
         let mut records = Vec::new();
         for (name, value) in xattrs {
             match std::str::from_utf8(name) {
                 Ok(name) if xattr_restored(name.as_bytes()) => {
                     records.push((format!("SCHILY.xattr.{name}"), value.as_slice()));
                 }
-                _ => tracing::debug!(path = %shown(rel), xattr = %shown(name), "extended attribute not exported"),
+                _ => {
+                    tracing::debug!(path = %shown(rel), xattr = %shown(name), "extended attribute not exported")
+                }
             }
         }
         if records.is_empty() {
             return Ok(());
         }
         let records = records.iter().map(|(key, value)| (key.as_str(), *value));
-        self.builder.append_pax_extensions(records).map_err(ExportError::Write)
+        self.builder
+            .append_pax_extensions(records)
+            .map_err(ExportError::Write)
     }
 }
 
@@ -218,7 +288,11 @@ fn header_for(stat: &FileStat, entry_type: EntryType) -> Header {
     header.set_uid(stat.st_uid.into());
     header.set_gid(stat.st_gid.into());
     header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
-    let size = if entry_type == EntryType::Regular { stat.st_size } else { 0 };
+    let size = if entry_type == EntryType::Regular {
+        stat.st_size
+    } else {
+        0
+    };
     header.set_size(u64::try_from(size).unwrap_or(0));
     header
 }
@@ -236,10 +310,17 @@ fn path_of(rel: &[u8]) -> PathBuf {
 }
 
 fn read_error(rel: &[u8]) -> impl FnOnce(io::Error) -> ExportError + '_ {
-    move |source| ExportError::Read { path: path_of(rel), source }
+    move |source| ExportError::Read {
+        path: path_of(rel),
+        source,
+    }
 }
 
-fn path_only_xattrs(parent: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ExportError> {
+fn path_only_xattrs(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    rel: &[u8],
+) -> Result<Xattrs, ExportError> {
     let fd: OwnedFd = dirfd::open_path_only(parent, name).map_err(read_error(rel))?;
     match dirfd::xattrs_path_only(fd.as_fd()) {
         Ok(xattrs) => Ok(xattrs),
@@ -272,7 +353,9 @@ struct ExactSize {
 
 impl Read for ExactSize {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
@@ -335,14 +418,27 @@ mod tests {
         std::fs::hard_link(at("usr/bin/su"), at("usr/bin/su2")).unwrap();
         std::fs::hard_link(at("usr/bin/su"), at("etc/su3")).unwrap();
         std::os::unix::fs::lchown(at("etc/hostname"), Some(1234), Some(5678)).unwrap();
-        std::fs::set_permissions(at("usr/bin/su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(at("usr/bin/su"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
         std::fs::set_permissions(at("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         std::fs::set_permissions(at("etc"), std::fs::Permissions::from_mode(0o751)).unwrap();
         symlink("/usr/bin", at("bin")).unwrap();
         symlink(format!("../{}", "t".repeat(150)), at("etc/long-link")).unwrap();
         std::os::unix::fs::lchown(at("bin"), Some(1234), Some(5678)).unwrap();
-        mknod(&at("dev/null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), libc::makedev(1, 3)).unwrap();
-        mknod(&at("etc/initctl"), SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0).unwrap();
+        mknod(
+            &at("dev/null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            libc::makedev(1, 3),
+        )
+        .unwrap();
+        mknod(
+            &at("etc/initctl"),
+            SFlag::S_IFIFO,
+            Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
         std::fs::set_permissions(at("dev/null"), std::fs::Permissions::from_mode(0o666)).unwrap();
         if user_xattrs_work(root) {
             xattr::set(at("etc/hostname"), "user.test", b"hello").unwrap();
@@ -371,7 +467,10 @@ mod tests {
     }
 
     fn gnu_tar_available() -> bool {
-        Command::new("tar").arg("--version").output().is_ok_and(|o| o.status.success())
+        Command::new("tar")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     #[test]
@@ -381,7 +480,12 @@ mod tests {
         build_tree(src.path());
         let expected = snapshot(src.path());
 
-        for compression in [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd] {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Xz,
+            Compression::Zstd,
+        ] {
             let dst = tempfile::tempdir().unwrap();
 
             // Act
@@ -415,9 +519,18 @@ mod tests {
                 (e.path_bytes().into_owned(), e.header().entry_type())
             })
             .collect();
-        let names: Vec<_> = entries.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
-        assert_eq!(names[..4], ["./", "bin", "deep/", &format!("deep/{}/", "d".repeat(100))]);
-        let links: Vec<_> = entries.iter().filter(|(_, kind)| *kind == EntryType::Link).collect();
+        let names: Vec<_> = entries
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        assert_eq!(
+            names[..4],
+            ["./", "bin", "deep/", &format!("deep/{}/", "d".repeat(100))]
+        );
+        let links: Vec<_> = entries
+            .iter()
+            .filter(|(_, kind)| *kind == EntryType::Link)
+            .collect();
         assert_eq!(links.len(), 2);
         let first_su = names.iter().position(|n| n == "etc/su3").unwrap();
         assert_eq!(entries[first_su].1, EntryType::Regular);
@@ -438,7 +551,14 @@ mod tests {
 
         // Act
         let mut tar = Command::new("tar")
-            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xzpf", "-", "-C"])
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xzpf",
+                "-",
+                "-C",
+            ])
             .arg(dst.path())
             .stdin(Stdio::piped())
             .spawn()
@@ -462,12 +582,24 @@ mod tests {
         build_tree(src.path());
         let dst = tempfile::tempdir().unwrap();
         let output = Command::new("tar")
-            .args(["--xattrs", "--xattrs-include=*", "--format=posix", "--numeric-owner", "-cJf", "-", "-C"])
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--format=posix",
+                "--numeric-owner",
+                "-cJf",
+                "-",
+                "-C",
+            ])
             .arg(src.path())
             .arg(".")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
 
         // Act
         let result = crate::archive::extract(&output.stdout[..], dst.path());
@@ -488,7 +620,10 @@ mod tests {
         let result = export_tree(&file, Compression::None, io::sink());
 
         // Assert
-        assert!(matches!(result, Err(ExportError::Read { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(ExportError::Read { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]

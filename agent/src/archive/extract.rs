@@ -13,11 +13,10 @@ use std::path::Path;
 use std::rc::Rc;
 
 use protocol::Compression;
-use tar::EntryType;
 
 use super::compression::{decoder, detect, format_name, MAGIC_LEN};
-use super::parent_dirs::ParentDirs;
 use super::extract_entry::Extractor;
+use super::parent_dirs::ParentDirs;
 use super::{shown, ImportError};
 
 /// Most bytes the tar parser may read between two entries: padding, headers,
@@ -96,9 +95,16 @@ impl Blame {
     /// Turns an error from reading the tar stream into an [`ImportError`].
     /// `inside` is the entry whose data was being read; `after` the last
     /// complete entry when the parser was looking for the next header.
-    pub(super) fn error(&self, err: io::Error, inside: Option<&str>, after: Option<&str>) -> ImportError {
+    pub(super) fn error(
+        &self,
+        err: io::Error,
+        inside: Option<&str>,
+        after: Option<&str>,
+    ) -> ImportError {
         let truncated = || match inside {
-            Some(path) => ImportError::TruncatedEntry { path: path.to_owned() },
+            Some(path) => ImportError::TruncatedEntry {
+                path: path.to_owned(),
+            },
             None => ImportError::Truncated,
         };
         if self.input.failed.get() {
@@ -109,7 +115,10 @@ impl Blame {
             if self.input.eof.get() || err.kind() == io::ErrorKind::UnexpectedEof {
                 return truncated();
             }
-            return ImportError::Decompress { format: format_name(self.compression), source: err };
+            return ImportError::Decompress {
+                format: format_name(self.compression),
+                source: err,
+            };
         }
         if self.tar.over_budget.get() {
             return ImportError::HeaderTooLarge;
@@ -117,8 +126,14 @@ impl Blame {
         match (inside, after) {
             (None, None) => ImportError::NotTar,
             _ if self.tar.eof.get() => truncated(),
-            (Some(path), _) => ImportError::BadHeader { path: path.to_owned(), source: err },
-            (None, Some(after)) => ImportError::Corrupt { after: after.to_owned(), source: err },
+            (Some(path), _) => ImportError::BadHeader {
+                path: path.to_owned(),
+                source: err,
+            },
+            (None, Some(after)) => ImportError::Corrupt {
+                after: after.to_owned(),
+                source: err,
+            },
         }
     }
 }
@@ -129,10 +144,16 @@ pub(super) fn extract_tree(input: impl Read, dest_dir: &Path) -> Result<u64, Imp
             true => Ok(OwnedFd::from(f)),
             false => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
         })
-        .map_err(|source| ImportError::OpenDestination { dest: dest_dir.to_owned(), source })?;
+        .map_err(|source| ImportError::OpenDestination {
+            dest: dest_dir.to_owned(),
+            source,
+        })?;
 
     let input_seen = Rc::new(Seen::default());
-    let mut input = Counting { inner: input, seen: input_seen.clone() };
+    let mut input = Counting {
+        inner: input,
+        seen: input_seen.clone(),
+    };
     let mut magic = [0u8; MAGIC_LEN];
     let magic_len = read_prefix(&mut input, &mut magic).map_err(ImportError::Read)?;
     if magic_len == 0 {
@@ -140,14 +161,25 @@ pub(super) fn extract_tree(input: impl Read, dest_dir: &Path) -> Result<u64, Imp
     }
     let compression = detect(&magic[..magic_len]);
     let rejoined = Cursor::new(magic).take(magic_len as u64).chain(input);
-    let blame = Blame { compression, input: input_seen, tar: Rc::new(Seen::default()) };
-    let decoded = decoder(compression, rejoined)
-        .map_err(|source| ImportError::Decompress { format: format_name(compression), source })?;
-    let mut archive = tar::Archive::new(Counting { inner: decoded, seen: blame.tar.clone() });
+    let blame = Blame {
+        compression,
+        input: input_seen,
+        tar: Rc::new(Seen::default()),
+    };
+    let decoded = decoder(compression, rejoined).map_err(|source| ImportError::Decompress {
+        format: format_name(compression),
+        source,
+    })?;
+    let mut archive = tar::Archive::new(Counting {
+        inner: decoded,
+        seen: blame.tar.clone(),
+    });
 
     let mut extractor = Extractor::new(ParentDirs::new(root));
     let mut last: Option<String> = None;
-    let mut entries = archive.entries().map_err(|err| blame.error(err, None, None))?;
+    let mut entries = archive
+        .entries()
+        .map_err(|err| blame.error(err, None, None))?;
     loop {
         blame.tar.budget.set(Some(HEADER_BUDGET));
         let next = entries.next();
@@ -161,7 +193,6 @@ pub(super) fn extract_tree(input: impl Read, dest_dir: &Path) -> Result<u64, Imp
         extractor.entry(&mut entry, &path, &blame)?;
         last = Some(path);
     }
-    drop(entries);
 
     if blame.tar.bytes.get() == 0 {
         return Err(ImportError::Empty);
@@ -200,13 +231,19 @@ mod tests {
     use crate::archive::test_tar::{extract_into, TestTar};
     use crate::archive::ImportFault;
     use std::io::Write;
+    use tar::EntryType;
 
     #[test]
     fn extract_detects_each_compression() {
         // Arrange
         let plain = TestTar::new().file("hello.txt", b"hi there").bytes();
 
-        for compression in [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd] {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Xz,
+            Compression::Zstd,
+        ] {
             let mut encoder = Encoder::new(compression, Vec::new()).unwrap();
             encoder.write_all(&plain).unwrap();
             let packed = encoder.finish().unwrap();
@@ -216,14 +253,20 @@ mod tests {
 
             // Assert
             assert_eq!(result.unwrap(), plain.len() as u64, "{compression:?}");
-            assert_eq!(std::fs::read(tmp.path().join("root/hello.txt")).unwrap(), b"hi there");
+            assert_eq!(
+                std::fs::read(tmp.path().join("root/hello.txt")).unwrap(),
+                b"hi there"
+            );
         }
     }
 
     #[test]
     fn extract_reports_a_stream_cut_inside_a_file() {
         // Arrange
-        let archive = TestTar::new().file("a", b"first").file("big", &[7u8; 4096]).bytes();
+        let archive = TestTar::new()
+            .file("a", b"first")
+            .file("big", &[7u8; 4096])
+            .bytes();
         let cut = &archive[..512 * 3 + 1000];
 
         // Act
@@ -231,14 +274,20 @@ mod tests {
 
         // Assert
         let err = result.unwrap_err();
-        assert!(matches!(&err, ImportError::TruncatedEntry { path } if path == "big"), "{err:?}");
+        assert!(
+            matches!(&err, ImportError::TruncatedEntry { path } if path == "big"),
+            "{err:?}"
+        );
         assert_eq!(err.to_string(), "archive is truncated in entry big");
     }
 
     #[test]
     fn extract_reports_a_stream_cut_between_entries() {
         // Arrange
-        let archive = TestTar::new().file("a", b"first").file("b", b"second").bytes();
+        let archive = TestTar::new()
+            .file("a", b"first")
+            .file("b", b"second")
+            .bytes();
         let cut = &archive[..512 * 2];
 
         // Act
@@ -252,7 +301,9 @@ mod tests {
     #[test]
     fn extract_reports_a_cut_compressed_stream_as_truncated() {
         // Arrange
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
         let plain = TestTar::new().file("noise", &data).bytes();
 
         for compression in [Compression::Gzip, Compression::Xz, Compression::Zstd] {
@@ -265,7 +316,10 @@ mod tests {
 
             // Assert
             assert!(
-                matches!(result, Err(ImportError::TruncatedEntry { .. } | ImportError::Truncated)),
+                matches!(
+                    result,
+                    Err(ImportError::TruncatedEntry { .. } | ImportError::Truncated)
+                ),
                 "{compression:?}: {result:?}"
             );
         }
@@ -312,7 +366,10 @@ mod tests {
     #[test]
     fn extract_reports_a_damaged_header_after_good_entries() {
         // Arrange
-        let mut archive = TestTar::new().file("a", b"first").file("b", b"second").bytes();
+        let mut archive = TestTar::new()
+            .file("a", b"first")
+            .file("b", b"second")
+            .bytes();
         archive[1024 + 10] ^= 0xff;
 
         // Act
@@ -320,20 +377,29 @@ mod tests {
 
         // Assert
         let err = result.unwrap_err();
-        assert!(matches!(&err, ImportError::Corrupt { after, .. } if after == "a"), "{err:?}");
+        assert!(
+            matches!(&err, ImportError::Corrupt { after, .. } if after == "a"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn extract_rejects_oversized_long_names() {
         // Arrange
         let long_name = vec![b'a'; (HEADER_BUDGET + 4096) as usize];
-        let archive = TestTar::new().raw(EntryType::GNULongName, b"././@LongLink", b"", &long_name).file("x", b"").bytes();
+        let archive = TestTar::new()
+            .raw(EntryType::GNULongName, b"././@LongLink", b"", &long_name)
+            .file("x", b"")
+            .bytes();
 
         // Act
         let (_tmp, result) = extract_into(&archive);
 
         // Assert
-        assert!(matches!(result, Err(ImportError::HeaderTooLarge)), "{result:?}");
+        assert!(
+            matches!(result, Err(ImportError::HeaderTooLarge)),
+            "{result:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@ use super::parent_dirs::{ParentDirs, WalkError};
 use super::unpack::{self, dest, Meta, Node, XattrSkips};
 use super::{dirfd, shown, ImportError};
 
+/// Longest symlink or hard link target, as `PATH_MAX` without its NUL.
+const LINK_TARGET_MAX: usize = 4095;
+
 /// Size of the buffer file contents are copied through.
 const COPY_BUFFER: usize = 256 * 1024;
 
@@ -29,11 +32,21 @@ pub(super) struct Extractor {
 impl Extractor {
     /// Starts extracting below the root of `dirs`.
     pub(super) fn new(dirs: ParentDirs) -> Self {
-        Extractor { dirs, dir_times: Vec::new(), buf: vec![0; COPY_BUFFER], skips: XattrSkips::default() }
+        Extractor {
+            dirs,
+            dir_times: Vec::new(),
+            buf: vec![0; COPY_BUFFER],
+            skips: XattrSkips::default(),
+        }
     }
 
     /// Extracts `entry`, whose path is `shown_path` as shown in messages.
-    pub(super) fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, shown_path: &str, blame: &Blame) -> Result<(), ImportError> {
+    pub(super) fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        shown_path: &str,
+        blame: &Blame,
+    ) -> Result<(), ImportError> {
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             // Global PAX records (git archive puts the commit id there) carry
@@ -41,19 +54,27 @@ impl Extractor {
             return self.drain(entry, shown_path, blame);
         }
         let raw_path = entry.path_bytes().into_owned();
-        let path = EntryPath::parse(&raw_path).map_err(|problem| path_error(problem, shown_path))?;
+        let path =
+            EntryPath::parse(&raw_path).map_err(|problem| path_error(problem, shown_path))?;
         let meta = read_meta(entry, shown_path)?;
         // Old tar wrote directories as regular files with a trailing slash.
-        let is_dir = kind == EntryType::Directory || (kind == EntryType::Regular && raw_path.ends_with(b"/"));
+        let is_dir = kind == EntryType::Directory
+            || (kind == EntryType::Regular && raw_path.ends_with(b"/"));
         if path.is_root() && !is_dir {
-            return Err(ImportError::InvalidPath { path: shown_path.to_owned() });
+            return Err(ImportError::InvalidPath {
+                path: shown_path.to_owned(),
+            });
         }
         let (dir, name) = path.parent_and_name();
         let walk = |err| walk_error(err, shown_path);
         match kind {
             _ if is_dir => {
                 if path.is_root() {
-                    let root = self.dirs.root().try_clone_to_owned().map_err(dest("open", shown_path))?;
+                    let root = self
+                        .dirs
+                        .root()
+                        .try_clone_to_owned()
+                        .map_err(dest("open", shown_path))?;
                     unpack::apply_to_fd(&File::from(root), &meta, shown_path, &mut self.skips)?;
                 } else {
                     let parent = self.dirs.open(dir, true).map_err(walk)?;
@@ -85,12 +106,29 @@ impl Extractor {
                 };
                 let numbers = device_numbers(entry, node, shown_path)?;
                 if !unpack::node_allowed(node, path.as_bytes(), numbers.0, numbers.1) {
-                    let kind = if node == Node::Block { "block" } else { "character" };
+                    let kind = if node == Node::Block {
+                        "block"
+                    } else {
+                        "character"
+                    };
                     let (major, minor) = numbers;
-                    return Err(ImportError::DeviceRefused { path: shown_path.to_owned(), kind, major, minor });
+                    return Err(ImportError::DeviceRefused {
+                        path: shown_path.to_owned(),
+                        kind,
+                        major,
+                        minor,
+                    });
                 }
                 let parent = self.dirs.open(dir, true).map_err(walk)?;
-                unpack::node(parent, name, node, numbers, &meta, shown_path, &mut self.skips)?;
+                unpack::node(
+                    parent,
+                    name,
+                    node,
+                    numbers,
+                    &meta,
+                    shown_path,
+                    &mut self.skips,
+                )?;
             }
             other => {
                 return Err(ImportError::UnsupportedType {
@@ -103,15 +141,26 @@ impl Extractor {
         self.drain(entry, shown_path, blame)
     }
 
-    fn hard_link<R: Read>(&mut self, entry: &tar::Entry<'_, R>, path: &EntryPath, shown_path: &str) -> Result<(), ImportError> {
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: &EntryPath,
+        shown_path: &str,
+    ) -> Result<(), ImportError> {
         let raw_target = link_target(entry, shown_path)?;
         let shown_target = shown(&raw_target);
-        let bad_target = || ImportError::BadLinkTarget { path: shown_path.to_owned(), target: shown_target.clone() };
+        let bad_target = || ImportError::BadLinkTarget {
+            path: shown_path.to_owned(),
+            target: shown_target.clone(),
+        };
         let target = EntryPath::parse(&raw_target).map_err(|problem| match problem {
-            PathProblem::Invalid => ImportError::InvalidLinkTarget { path: shown_path.to_owned() },
-            PathProblem::Absolute | PathProblem::LeavesRoot => {
-                ImportError::LinkLeavesRoot { path: shown_path.to_owned(), target: shown_target.clone() }
-            }
+            PathProblem::Invalid | PathProblem::TooLong => ImportError::InvalidLinkTarget {
+                path: shown_path.to_owned(),
+            },
+            PathProblem::Absolute | PathProblem::LeavesRoot => ImportError::LinkLeavesRoot {
+                path: shown_path.to_owned(),
+                target: shown_target.clone(),
+            },
         })?;
         if target.is_root() {
             return Err(bad_target());
@@ -119,8 +168,16 @@ impl Extractor {
         let (target_dir, target_name) = target.parent_and_name();
         let target_parent = match self.dirs.open(target_dir, false) {
             Ok(fd) => fd.try_clone_to_owned().map_err(dest("open", shown_path))?,
-            Err(WalkError::Io { action, path, source }) => {
-                return Err(ImportError::Destination { action, path: shown(&path), source })
+            Err(WalkError::Io {
+                action,
+                path,
+                source,
+            }) => {
+                return Err(ImportError::Destination {
+                    action,
+                    path: shown(&path),
+                    source,
+                })
             }
             Err(_) => return Err(bad_target()),
         };
@@ -134,12 +191,20 @@ impl Extractor {
             return Ok(());
         }
         let (dir, name) = path.parent_and_name();
-        let parent = self.dirs.open(dir, true).map_err(|err| walk_error(err, shown_path))?;
+        let parent = self
+            .dirs
+            .open(dir, true)
+            .map_err(|err| walk_error(err, shown_path))?;
         unpack::hard_link(target_parent.as_fd(), target_name, parent, name, shown_path)
     }
 
     /// Reads and discards what is left of an entry's data.
-    fn drain<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, shown_path: &str, blame: &Blame) -> Result<(), ImportError> {
+    fn drain<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        shown_path: &str,
+        blame: &Blame,
+    ) -> Result<(), ImportError> {
         copy_data(entry, &mut self.buf, shown_path, blame, |_| Ok(()))
     }
 
@@ -151,27 +216,48 @@ impl Extractor {
         for (raw, mtime) in std::mem::take(&mut self.dir_times) {
             let path = shown(&raw);
             let file = if raw.is_empty() {
-                self.dirs.root().try_clone_to_owned().map_err(dest("open", &path))?
+                self.dirs
+                    .root()
+                    .try_clone_to_owned()
+                    .map_err(dest("open", &path))?
             } else {
                 let entry_path = EntryPath::parse(&raw).expect("stored paths are normalized");
                 let (dir, name) = entry_path.parent_and_name();
                 let parent = match self.dirs.open(dir, false) {
                     Ok(parent) => parent,
-                    Err(WalkError::Io { action, path, source }) => {
-                        return Err(ImportError::Destination { action, path: shown(&path), source })
+                    Err(WalkError::Io {
+                        action,
+                        path,
+                        source,
+                    }) => {
+                        return Err(ImportError::Destination {
+                            action,
+                            path: shown(&path),
+                            source,
+                        })
                     }
                     Err(_) => continue,
                 };
                 match dirfd::open_dir(parent, name) {
                     Ok(fd) => fd,
-                    Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => continue,
+                    Err(err)
+                        if matches!(
+                            err.raw_os_error(),
+                            Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                        ) =>
+                    {
+                        continue
+                    }
                     Err(err) => return Err(dest("open", &path)(err)),
                 }
             };
             unpack::set_mtime_fd(&File::from(file), mtime, &path)?;
         }
         if self.skips.count > 1 {
-            tracing::warn!(count = self.skips.count, "extended attributes skipped in total");
+            tracing::warn!(
+                count = self.skips.count,
+                "extended attributes skipped in total"
+            );
         }
         Ok(())
     }
@@ -197,7 +283,9 @@ fn copy_data<R: Read>(
     // The entry reader just stops where the stream does; a short entry means
     // the stream ended inside it.
     if blame.ended() {
-        return Err(ImportError::TruncatedEntry { path: shown_path.to_owned() });
+        return Err(ImportError::TruncatedEntry {
+            path: shown_path.to_owned(),
+        });
     }
     Ok(())
 }
@@ -208,27 +296,46 @@ fn path_error(problem: PathProblem, shown_path: &str) -> ImportError {
         PathProblem::Invalid => ImportError::InvalidPath { path },
         PathProblem::Absolute => ImportError::AbsolutePath { path },
         PathProblem::LeavesRoot => ImportError::LeavesRoot { path },
+        PathProblem::TooLong => ImportError::PathTooLong { path },
     }
 }
 
 fn walk_error(err: WalkError, shown_path: &str) -> ImportError {
     let path = shown_path.to_owned();
     match err {
-        WalkError::Symlink(at) => ImportError::ThroughSymlink { path, symlink: shown(&at) },
-        WalkError::NotDirectory(at) | WalkError::Missing(at) => {
-            ImportError::ThroughNonDirectory { path, component: shown(&at) }
-        }
-        WalkError::Io { action, path: at, source } => ImportError::Destination { action, path: shown(&at), source },
+        WalkError::Symlink(at) => ImportError::ThroughSymlink {
+            path,
+            symlink: shown(&at),
+        },
+        WalkError::NotDirectory(at) | WalkError::Missing(at) => ImportError::ThroughNonDirectory {
+            path,
+            component: shown(&at),
+        },
+        WalkError::Io {
+            action,
+            path: at,
+            source,
+        } => ImportError::Destination {
+            action,
+            path: shown(&at),
+            source,
+        },
     }
 }
 
 fn bad_header(shown_path: &str) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::BadHeader { path: shown_path.to_owned(), source }
+    move |source| ImportError::BadHeader {
+        path: shown_path.to_owned(),
+        source,
+    }
 }
 
 /// Owner, mode, time and extended attributes of an entry. Names are ignored:
 /// ids are numeric, as the distro's own `/etc/passwd` defines them.
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown_path: &str) -> Result<Meta, ImportError> {
+fn read_meta<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    shown_path: &str,
+) -> Result<Meta, ImportError> {
     let header = entry.header();
     let id = |value: u64| {
         u32::try_from(value)
@@ -259,17 +366,37 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown_path: &str) -> Result
             }
         }
     }
-    Ok(Meta { uid, gid, mode, mtime, xattrs })
+    Ok(Meta {
+        uid,
+        gid,
+        mode,
+        mtime,
+        xattrs,
+    })
 }
 
-fn link_target<R: Read>(entry: &tar::Entry<'_, R>, shown_path: &str) -> Result<Vec<u8>, ImportError> {
+fn link_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    shown_path: &str,
+) -> Result<Vec<u8>, ImportError> {
+    // A symlink target is limited like a path (the kernel refuses longer ones).
     match entry.link_name_bytes() {
-        Some(target) if !target.is_empty() && !target.contains(&0) => Ok(target.into_owned()),
-        _ => Err(ImportError::InvalidLinkTarget { path: shown_path.to_owned() }),
+        Some(target)
+            if !target.is_empty() && target.len() <= LINK_TARGET_MAX && !target.contains(&0) =>
+        {
+            Ok(target.into_owned())
+        }
+        _ => Err(ImportError::InvalidLinkTarget {
+            path: shown_path.to_owned(),
+        }),
     }
 }
 
-fn device_numbers<R: Read>(entry: &tar::Entry<'_, R>, node: Node, shown_path: &str) -> Result<(u32, u32), ImportError> {
+fn device_numbers<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    node: Node,
+    shown_path: &str,
+) -> Result<(u32, u32), ImportError> {
     if node == Node::Fifo {
         return Ok((0, 0));
     }
@@ -278,7 +405,9 @@ fn device_numbers<R: Read>(entry: &tar::Entry<'_, R>, node: Node, shown_path: &s
     let minor = header.device_minor().map_err(bad_header(shown_path))?;
     match (major, minor) {
         (Some(major), Some(minor)) => Ok((major, minor)),
-        _ => Err(bad_header(shown_path)(io::Error::other("device numbers missing"))),
+        _ => Err(bad_header(shown_path)(io::Error::other(
+            "device numbers missing",
+        ))),
     }
 }
 
@@ -305,7 +434,11 @@ mod tests {
             .add(etc, "etc/", b"")
             .pax(&[("SCHILY.xattr.user.test", b"hello")])
             .add(owned, "etc/hostname", b"debian\n")
-            .add(header(EntryType::Regular, 0o4755), "usr/bin/su", b"#!/bin/true\n")
+            .add(
+                header(EntryType::Regular, 0o4755),
+                "usr/bin/su",
+                b"#!/bin/true\n",
+            )
             .link(EntryType::Link, "usr/bin/su2", "usr/bin/su")
             .link(EntryType::Symlink, "bin", "/usr/bin")
             .add(header(EntryType::Fifo, 0o600), "run/initctl", b"")
@@ -320,7 +453,10 @@ mod tests {
         let root = tmp.path().join("root");
         assert_eq!(result.unwrap(), archive.len() as u64);
         let hostname = std::fs::symlink_metadata(root.join("etc/hostname")).unwrap();
-        assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"debian\n");
+        assert_eq!(
+            std::fs::read(root.join("etc/hostname")).unwrap(),
+            b"debian\n"
+        );
         assert_eq!((hostname.uid(), hostname.gid()), (1234, 5678));
         assert_eq!(hostname.mode() & 0o7777, 0o640);
         assert_eq!(hostname.mtime(), 1_234_567_890);
@@ -330,16 +466,34 @@ mod tests {
         assert_eq!(su.mode() & 0o7777, 0o4755);
         let su2 = std::fs::symlink_metadata(root.join("usr/bin/su2")).unwrap();
         assert_eq!((su2.ino(), su.nlink()), (su.ino(), 2));
-        assert_eq!(std::fs::read_link(root.join("bin")).unwrap(), Path::new("/usr/bin"));
-        assert!(std::fs::symlink_metadata(root.join("run/initctl")).unwrap().file_type().is_fifo());
+        assert_eq!(
+            std::fs::read_link(root.join("bin")).unwrap(),
+            Path::new("/usr/bin")
+        );
+        assert!(std::fs::symlink_metadata(root.join("run/initctl"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
         let null = std::fs::symlink_metadata(root.join("dev/null")).unwrap();
         assert!(null.file_type().is_char_device());
-        assert_eq!((null.rdev(), null.mode() & 0o7777), (libc::makedev(1, 3), 0o666));
+        assert_eq!(
+            (null.rdev(), null.mode() & 0o7777),
+            (libc::makedev(1, 3), 0o666)
+        );
         assert_eq!(std::fs::read(root.join(&long_path)).unwrap(), b"long");
-        assert_eq!(std::fs::metadata(root.join("usr")).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(
+            std::fs::metadata(root.join("usr"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o755
+        );
         match xattr::get(root.join("etc/hostname"), "user.test") {
             Ok(value) => assert_eq!(value.as_deref(), Some(&b"hello"[..])),
-            Err(err) => println!("skipped the xattr assertion: this file system refuses user xattrs: {err}"),
+            Err(err) => {
+                println!("skipped the xattr assertion: this file system refuses user xattrs: {err}")
+            }
         }
     }
 
@@ -347,15 +501,23 @@ mod tests {
     fn extract_rejects_paths_with_parent_components() {
         // Arrange
         for name in ["../x", "a/../../x"] {
-            let archive = TestTar::new().raw(EntryType::Regular, name.as_bytes(), b"", b"evil").bytes();
+            let archive = TestTar::new()
+                .raw(EntryType::Regular, name.as_bytes(), b"", b"evil")
+                .bytes();
 
             // Act
             let (tmp, result) = extract_into(&archive);
 
             // Assert
             let err = result.unwrap_err();
-            assert!(matches!(&err, ImportError::LeavesRoot { path } if path == name), "{err:?}");
-            assert_eq!(err.to_string(), format!("archive entry {name} leaves the distro root"));
+            assert!(
+                matches!(&err, ImportError::LeavesRoot { path } if path == name),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("archive entry {name} leaves the distro root")
+            );
             assert_eq!(err.fault(), ImportFault::Archive);
             assert_eq!(names_in(tmp.path()), ["root"]);
         }
@@ -364,7 +526,9 @@ mod tests {
     #[test]
     fn extract_rejects_absolute_paths() {
         // Arrange
-        let archive = TestTar::new().raw(EntryType::Regular, b"/etc/x", b"", b"evil").bytes();
+        let archive = TestTar::new()
+            .raw(EntryType::Regular, b"/etc/x", b"", b"evil")
+            .bytes();
 
         // Act
         let (_tmp, result) = extract_into(&archive);
@@ -378,15 +542,23 @@ mod tests {
         // Arrange
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().to_str().unwrap();
-        let archive = TestTar::new().link(EntryType::Symlink, "link", target).file("link/evil", b"evil").bytes();
+        let archive = TestTar::new()
+            .link(EntryType::Symlink, "link", target)
+            .file("link/evil", b"evil")
+            .bytes();
 
         // Act
         let (tmp, result) = extract_into(&archive);
 
         // Assert
         let err = result.unwrap_err();
-        assert!(matches!(&err, ImportError::ThroughSymlink { path, symlink } if path == "link/evil" && symlink == "link"));
-        assert_eq!(err.to_string(), "archive entry link/evil goes through symlink link");
+        assert!(
+            matches!(&err, ImportError::ThroughSymlink { path, symlink } if path == "link/evil" && symlink == "link")
+        );
+        assert_eq!(
+            err.to_string(),
+            "archive entry link/evil goes through symlink link"
+        );
         assert!(names_in(outside.path()).is_empty());
         assert_eq!(names_in(tmp.path()), ["root"]);
     }
@@ -394,7 +566,10 @@ mod tests {
     #[test]
     fn extract_rejects_a_file_written_through_a_symlink_to_the_parent() {
         // Arrange
-        let archive = TestTar::new().link(EntryType::Symlink, "up", "..").file("up/evil", b"evil").bytes();
+        let archive = TestTar::new()
+            .link(EntryType::Symlink, "up", "..")
+            .file("up/evil", b"evil")
+            .bytes();
 
         // Act
         let (tmp, result) = extract_into(&archive);
@@ -409,14 +584,19 @@ mod tests {
     fn extract_rejects_hard_links_that_leave_the_root() {
         // Arrange
         for target in ["../outside", "/etc/passwd"] {
-            let archive = TestTar::new().link(EntryType::Link, "passwd", target).bytes();
+            let archive = TestTar::new()
+                .link(EntryType::Link, "passwd", target)
+                .bytes();
 
             // Act
             let (tmp, result) = extract_into(&archive);
 
             // Assert
             let err = result.unwrap_err();
-            assert!(matches!(&err, ImportError::LinkLeavesRoot { target: t, .. } if t == target), "{err:?}");
+            assert!(
+                matches!(&err, ImportError::LinkLeavesRoot { target: t, .. } if t == target),
+                "{err:?}"
+            );
             assert!(names_in(&tmp.path().join("root")).is_empty());
         }
     }
@@ -425,10 +605,21 @@ mod tests {
     fn extract_rejects_hard_links_through_symlinks_or_to_non_files() {
         // Arrange
         let cases = [
-            TestTar::new().link(EntryType::Symlink, "etc", "/etc").link(EntryType::Link, "pw", "etc/passwd").bytes(),
-            TestTar::new().link(EntryType::Symlink, "s", "/etc/passwd").link(EntryType::Link, "pw", "s").bytes(),
-            TestTar::new().dir("d").link(EntryType::Link, "pw", "d").bytes(),
-            TestTar::new().link(EntryType::Link, "pw", "missing").bytes(),
+            TestTar::new()
+                .link(EntryType::Symlink, "etc", "/etc")
+                .link(EntryType::Link, "pw", "etc/passwd")
+                .bytes(),
+            TestTar::new()
+                .link(EntryType::Symlink, "s", "/etc/passwd")
+                .link(EntryType::Link, "pw", "s")
+                .bytes(),
+            TestTar::new()
+                .dir("d")
+                .link(EntryType::Link, "pw", "d")
+                .bytes(),
+            TestTar::new()
+                .link(EntryType::Link, "pw", "missing")
+                .bytes(),
         ];
 
         for archive in cases {
@@ -436,7 +627,10 @@ mod tests {
             let (tmp, result) = extract_into(&archive);
 
             // Assert
-            assert!(matches!(result, Err(ImportError::BadLinkTarget { .. })), "{result:?}");
+            assert!(
+                matches!(result, Err(ImportError::BadLinkTarget { .. })),
+                "{result:?}"
+            );
             assert!(!tmp.path().join("root/pw").exists());
         }
     }
@@ -445,9 +639,27 @@ mod tests {
     fn extract_rejects_block_devices_and_dangerous_char_devices() {
         // Arrange
         let cases = [
-            (EntryType::Block, "dev/sda", 8, 0, "archive entry dev/sda is a block device 8:0, which is not allowed"),
-            (EntryType::Char, "dev/mem", 1, 1, "archive entry dev/mem is a character device 1:1, which is not allowed"),
-            (EntryType::Char, "tmp/null", 1, 3, "archive entry tmp/null is a character device 1:3, which is not allowed"),
+            (
+                EntryType::Block,
+                "dev/sda",
+                8,
+                0,
+                "archive entry dev/sda is a block device 8:0, which is not allowed",
+            ),
+            (
+                EntryType::Char,
+                "dev/mem",
+                1,
+                1,
+                "archive entry dev/mem is a character device 1:1, which is not allowed",
+            ),
+            (
+                EntryType::Char,
+                "tmp/null",
+                1,
+                3,
+                "archive entry tmp/null is a character device 1:3, which is not allowed",
+            ),
         ];
 
         for (kind, path, major, minor, message) in cases {
@@ -467,14 +679,19 @@ mod tests {
     #[test]
     fn extract_rejects_unknown_entry_types() {
         // Arrange
-        let archive = TestTar::new().raw(EntryType::new(b'V'), b"volume", b"", b"").bytes();
+        let archive = TestTar::new()
+            .raw(EntryType::new(b'V'), b"volume", b"", b"")
+            .bytes();
 
         // Act
         let (_tmp, result) = extract_into(&archive);
 
         // Assert
         let err = result.unwrap_err();
-        assert_eq!(err.to_string(), "archive entry volume has unsupported type 'V'");
+        assert_eq!(
+            err.to_string(),
+            "archive entry volume has unsupported type 'V'"
+        );
     }
 
     #[test]
@@ -508,7 +725,10 @@ mod tests {
         root_header.set_mtime(1_000_000_000);
         root_header.as_old_mut().name[..2].copy_from_slice(b"./");
         root_header.set_cksum();
-        let archive = TestTar::new().header_as_is(&root_header, b"").file("a", b"").bytes();
+        let archive = TestTar::new()
+            .header_as_is(&root_header, b"")
+            .file("a", b"")
+            .bytes();
 
         // Act
         let (tmp, result) = extract_into(&archive);
@@ -522,12 +742,17 @@ mod tests {
     #[test]
     fn extract_refuses_anything_but_a_directory_at_the_root() {
         // Arrange
-        let archive = TestTar::new().raw(EntryType::Regular, b".", b"", b"x").bytes();
+        let archive = TestTar::new()
+            .raw(EntryType::Regular, b".", b"", b"x")
+            .bytes();
 
         // Act
         let (_tmp, result) = extract_into(&archive);
 
         // Assert
-        assert!(matches!(result, Err(ImportError::InvalidPath { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(ImportError::InvalidPath { .. })),
+            "{result:?}"
+        );
     }
 }

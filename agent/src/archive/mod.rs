@@ -10,11 +10,11 @@
 //! Both are blocking; the server runs them on `spawn_blocking`.
 
 mod compression;
+mod dirfd;
 mod entry_path;
 mod export;
 mod extract;
 mod extract_entry;
-mod dirfd;
 mod parent_dirs;
 #[cfg(test)]
 mod test_tar;
@@ -46,7 +46,11 @@ pub fn extract(input: impl io::Read, dest: &Path) -> Result<u64, ImportError> {
 ///
 /// Symlinks are stored, never followed; the walk stays on the file system of
 /// `root`; names are sorted so the same tree gives the same stream.
-pub fn export(root: &Path, compression: Compression, out: impl io::Write) -> Result<(), ExportError> {
+pub fn export(
+    root: &Path,
+    compression: Compression,
+    out: impl io::Write,
+) -> Result<(), ExportError> {
     export::export_tree(root, compression, out)
 }
 
@@ -121,6 +125,13 @@ pub enum ImportError {
         /// The entry.
         path: String,
     },
+    /// The entry path, or one of its components, is longer than Linux
+    /// allows, or it is nested unreasonably deep.
+    #[error("archive entry {path} has a path that is too long")]
+    PathTooLong {
+        /// The entry.
+        path: String,
+    },
     /// The entry path is absolute.
     #[error("archive entry {path} is an absolute path")]
     AbsolutePath {
@@ -158,7 +169,9 @@ pub enum ImportError {
         target: String,
     },
     /// A hard link target is missing or is not a regular file.
-    #[error("archive entry {path} links to {target}, which is not a regular file extracted before it")]
+    #[error(
+        "archive entry {path} links to {target}, which is not a regular file extracted before it"
+    )]
     BadLinkTarget {
         /// The entry.
         path: String,
@@ -307,7 +320,9 @@ mod tests {
     #[test]
     fn fault_separates_archive_input_and_destination() {
         // Arrange
-        let archive = ImportError::LeavesRoot { path: "../x".into() };
+        let archive = ImportError::LeavesRoot {
+            path: "../x".into(),
+        };
         let input = ImportError::Read(io::Error::other("reset"));
         let dest = ImportError::Destination {
             action: "create",
@@ -319,8 +334,18 @@ mod tests {
         let faults = [archive.fault(), input.fault(), dest.fault()];
 
         // Assert
-        assert_eq!(faults, [ImportFault::Archive, ImportFault::Input, ImportFault::Destination]);
-        assert_eq!(archive.to_string(), "archive entry ../x leaves the distro root");
+        assert_eq!(
+            faults,
+            [
+                ImportFault::Archive,
+                ImportFault::Input,
+                ImportFault::Destination
+            ]
+        );
+        assert_eq!(
+            archive.to_string(),
+            "archive entry ../x leaves the distro root"
+        );
     }
 
     /// The Debian root file system the end-to-end tests prepare, if present.
@@ -351,7 +376,12 @@ mod tests {
             let started = std::time::Instant::now();
             let mut archive = Vec::new();
             export(&source, Compression::None, &mut archive).unwrap();
-            println!("exported {} ({} bytes) in {:?}", source.display(), archive.len(), started.elapsed());
+            println!(
+                "exported {} ({} bytes) in {:?}",
+                source.display(),
+                archive.len(),
+                started.elapsed()
+            );
             archive
         } else {
             std::fs::read(&source).unwrap()
@@ -362,17 +392,26 @@ mod tests {
         let started = std::time::Instant::now();
         let bytes = extract(&archive[..], dest.path()).unwrap();
         let elapsed = started.elapsed();
-        println!("extracted {bytes} bytes of {} in {elapsed:?}", source.display());
+        println!(
+            "extracted {bytes} bytes of {} in {elapsed:?}",
+            source.display()
+        );
 
         // Assert
         use std::os::unix::fs::PermissionsExt;
         let bash = std::fs::symlink_metadata(dest.path().join("usr/bin/bash")).unwrap();
         assert!(bash.is_file());
         assert_ne!(bash.permissions().mode() & 0o111, 0);
-        assert_eq!(std::fs::read_link(dest.path().join("bin")).unwrap(), Path::new("usr/bin"));
+        assert_eq!(
+            std::fs::read_link(dest.path().join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
         if source.is_dir() {
             let expected = super::tree_snapshot::snapshot(&source);
-            super::tree_snapshot::assert_same(&expected, &super::tree_snapshot::snapshot(dest.path()));
+            super::tree_snapshot::assert_same(
+                &expected,
+                &super::tree_snapshot::snapshot(dest.path()),
+            );
         }
     }
 }

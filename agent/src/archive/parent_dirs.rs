@@ -51,7 +51,10 @@ pub(super) struct ParentDirs {
 impl ParentDirs {
     /// Starts at `root`, an open directory.
     pub(super) fn new(root: OwnedFd) -> Self {
-        ParentDirs { root, chain: Vec::new() }
+        ParentDirs {
+            root,
+            chain: Vec::new(),
+        }
     }
 
     /// The distro root.
@@ -71,14 +74,20 @@ impl ParentDirs {
         }
         self.chain.truncate(kept);
         for (depth, name) in components(dir).enumerate().skip(kept) {
-            let parent = self.chain.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+            let parent = self
+                .chain
+                .last()
+                .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
             let fd = open_or_create(parent, name, create).map_err(|kind| {
                 let path = prefix(dir, depth + 1).to_vec();
                 kind.at(path)
             })?;
             self.chain.push((name.to_vec(), fd));
         }
-        Ok(self.chain.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd()))
+        Ok(self
+            .chain
+            .last()
+            .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd()))
     }
 
     /// Records that the directory `name` was just created or updated inside
@@ -118,7 +127,11 @@ impl Failure {
             Failure::Symlink => WalkError::Symlink(path),
             Failure::NotDirectory => WalkError::NotDirectory(path),
             Failure::Missing => WalkError::Missing(path),
-            Failure::Io(action, source) => WalkError::Io { action, path, source },
+            Failure::Io(action, source) => WalkError::Io {
+                action,
+                path,
+                source,
+            },
         }
     }
 }
@@ -262,6 +275,9 @@ mod tests {
         let parts = [prefix(dir, 1), prefix(dir, 2), prefix(dir, 3)];
 
         // Assert
-        assert_eq!(parts, [&b"usr"[..], &b"usr/lib"[..], &b"usr/lib/x86_64"[..]]);
+        assert_eq!(
+            parts,
+            [&b"usr"[..], &b"usr/lib"[..], &b"usr/lib/x86_64"[..]]
+        );
     }
 }

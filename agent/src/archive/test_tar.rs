@@ -27,7 +27,9 @@ pub(super) struct TestTar {
 impl TestTar {
     /// An empty archive.
     pub(super) fn new() -> Self {
-        TestTar { builder: tar::Builder::new(Vec::new()) }
+        TestTar {
+            builder: tar::Builder::new(Vec::new()),
+        }
     }
 
     /// Adds an entry; long paths get a GNU long-name entry.
@@ -55,7 +57,13 @@ impl TestTar {
     }
 
     /// Adds a device node.
-    pub(super) fn device(&mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
+    pub(super) fn device(
+        &mut self,
+        kind: EntryType,
+        path: &str,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
         let mut header = header(kind, 0o666);
         header.set_device_major(major).unwrap();
         header.set_device_minor(minor).unwrap();
@@ -63,7 +71,13 @@ impl TestTar {
     }
 
     /// Adds an entry with `name` and `link` written into the header as they are.
-    pub(super) fn raw(&mut self, kind: EntryType, name: &[u8], link: &[u8], data: &[u8]) -> &mut Self {
+    pub(super) fn raw(
+        &mut self,
+        kind: EntryType,
+        name: &[u8],
+        link: &[u8],
+        data: &[u8],
+    ) -> &mut Self {
         let mut header = header(kind, 0o644);
         header.as_old_mut().name[..name.len()].copy_from_slice(name);
         header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
@@ -81,7 +95,9 @@ impl TestTar {
 
     /// Adds PAX records for the next entry.
     pub(super) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        self.builder.append_pax_extensions(records.iter().copied()).unwrap();
+        self.builder
+            .append_pax_extensions(records.iter().copied())
+            .unwrap();
         self
     }
 

@@ -67,17 +67,27 @@ pub(super) fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
             }
         }
         let content = (kind == 'f').then(|| hash_file(&path));
-        let target = (kind == 'l').then(|| std::fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec());
+        let target = (kind == 'l').then(|| {
+            std::fs::read_link(&path)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        });
         let xattrs = xattr::list(&path)
             .map(|names| {
                 names
                     .filter(|name| xattr_restored(name.as_bytes()))
-                    .filter_map(|name| Some((name.as_bytes().to_vec(), xattr::get(&path, &name).ok()??)))
+                    .filter_map(|name| {
+                        Some((name.as_bytes().to_vec(), xattr::get(&path, &name).ok()??))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         let same_inode_as = (kind == 'f' && meta.nlink() > 1).then(|| {
-            let first = first_names.entry((meta.dev(), meta.ino())).or_insert_with(|| rel.clone());
+            let first = first_names
+                .entry((meta.dev(), meta.ino()))
+                .or_insert_with(|| rel.clone());
             if rel < *first {
                 *first = rel.clone();
             }
@@ -131,10 +141,16 @@ fn hash_file(path: &Path) -> (u64, u64) {
 pub(super) fn assert_same(expected: &BTreeMap<Vec<u8>, Node>, actual: &BTreeMap<Vec<u8>, Node>) {
     for (path, node) in expected {
         let shown = String::from_utf8_lossy(path);
-        let other = actual.get(path).unwrap_or_else(|| panic!("{shown:?} is missing"));
+        let other = actual
+            .get(path)
+            .unwrap_or_else(|| panic!("{shown:?} is missing"));
         assert_eq!(node, other, "{shown:?} differs");
     }
     for path in actual.keys() {
-        assert!(expected.contains_key(path), "{:?} is extra", String::from_utf8_lossy(path));
+        assert!(
+            expected.contains_key(path),
+            "{:?} is extra",
+            String::from_utf8_lossy(path)
+        );
     }
 }

@@ -37,8 +37,12 @@ const ALLOWED_CHAR_DEVICES: [(u32, u32); 8] = [
 /// Extended attribute namespaces that are restored. `trusted.*` is left out on
 /// purpose: it holds host-side metadata (overlayfs, for one) that an imported
 /// archive must not be able to forge.
-const RESTORED_XATTR_PREFIXES: [&[u8]; 4] =
-    [b"user.", b"security.", b"system.posix_acl_access", b"system.posix_acl_default"];
+const RESTORED_XATTR_PREFIXES: [&[u8]; 4] = [
+    b"user.",
+    b"security.",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+];
 
 /// Metadata of an entry, decoded from its header and PAX records.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +56,7 @@ pub(super) struct Meta {
     /// Modification time.
     pub(super) mtime: TimeSpec,
     /// Extended attributes to restore, by name.
-    pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) xattrs: super::dirfd::Xattrs,
 }
 
 /// The device kinds an entry can be.
@@ -73,7 +77,9 @@ pub(super) fn node_allowed(kind: Node, path: &[u8], major: u32, minor: u32) -> b
         Node::Fifo => true,
         Node::Block => false,
         Node::Char => {
-            let in_dev = path.strip_prefix(b"dev/").is_some_and(|name| !name.contains(&b'/'));
+            let in_dev = path
+                .strip_prefix(b"dev/")
+                .is_some_and(|name| !name.contains(&b'/'));
             in_dev && ALLOWED_CHAR_DEVICES.contains(&(major, minor))
         }
     }
@@ -81,7 +87,10 @@ pub(super) fn node_allowed(kind: Node, path: &[u8], major: u32, minor: u32) -> b
 
 /// Whether an extended attribute of this name is restored.
 pub(super) fn xattr_restored(name: &[u8]) -> bool {
-    !name.contains(&0) && RESTORED_XATTR_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    !name.contains(&0)
+        && RESTORED_XATTR_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
 }
 
 /// Parses a PAX time (`seconds[.fraction]`, possibly negative).
@@ -92,7 +101,9 @@ pub(super) fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
         None => (false, text),
     };
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
     {
         return None;
     }
@@ -131,12 +142,23 @@ impl XattrSkips {
 }
 
 /// Maps an I/O error on the destination to an [`ImportError`].
-pub(super) fn dest<'a>(action: &'static str, path: &'a str) -> impl FnOnce(io::Error) -> ImportError + 'a {
-    move |source| ImportError::Destination { action, path: path.to_owned(), source }
+pub(super) fn dest<'a>(
+    action: &'static str,
+    path: &'a str,
+) -> impl FnOnce(io::Error) -> ImportError + 'a {
+    move |source| ImportError::Destination {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn dest_errno<'a>(action: &'static str, path: &'a str) -> impl FnOnce(Errno) -> ImportError + 'a {
-    move |errno| ImportError::Destination { action, path: path.to_owned(), source: errno.into() }
+    move |errno| ImportError::Destination {
+        action,
+        path: path.to_owned(),
+        source: errno.into(),
+    }
 }
 
 /// Removes what is at `name` so that an entry can take its place: tar's rule
@@ -144,12 +166,16 @@ fn dest_errno<'a>(action: &'static str, path: &'a str) -> impl FnOnce(Errno) -> 
 fn remove_existing(parent: BorrowedFd<'_>, name: &[u8], path: &str) -> Result<(), ImportError> {
     let stat = dirfd::stat_at(parent, name).map_err(dest("inspect", path))?;
     let is_dir = dirfd::file_type(&stat) == libc::S_IFDIR;
-    let flag = if is_dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+    let flag = if is_dir {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
     match unlinkat(Some(parent.as_raw_fd()), name, flag) {
         Ok(()) => Ok(()),
-        Err(Errno::ENOTEMPTY | Errno::EEXIST) if is_dir => {
-            Err(ImportError::ReplacesDirectory { path: path.to_owned() })
-        }
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) if is_dir => Err(ImportError::ReplacesDirectory {
+            path: path.to_owned(),
+        }),
         Err(errno) => Err(dest_errno("remove", path)(errno)),
     }
 }
@@ -172,18 +198,31 @@ fn create_replacing<T>(
 
 /// Creates the regular file `name` in `parent`, fresh even if something was
 /// there, so that an existing file (perhaps a hard link) is never written into.
-pub(super) fn create_file(parent: BorrowedFd<'_>, name: &[u8], path: &str) -> Result<File, ImportError> {
+pub(super) fn create_file(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &str,
+) -> Result<File, ImportError> {
     create_replacing(parent, name, path, || dirfd::create_file(parent, name))
 }
 
 /// Owner, mode and extended attributes of a regular file or directory.
 /// The owner goes first because `chown` clears setuid and setgid, and the
 /// attributes last because `chown` also drops `security.capability`.
-pub(super) fn apply_to_fd(file: &File, meta: &Meta, path: &str, skips: &mut XattrSkips) -> Result<(), ImportError> {
+pub(super) fn apply_to_fd(
+    file: &File,
+    meta: &Meta,
+    path: &str,
+    skips: &mut XattrSkips,
+) -> Result<(), ImportError> {
     use xattr::FileExt;
     let fd = file.as_raw_fd();
-    fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-        .map_err(dest_errno("set the owner of", path))?;
+    fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(dest_errno("set the owner of", path))?;
     fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(dest_errno("set the mode of", path))?;
     set_xattrs(meta, path, skips, |name, value| file.set_xattr(name, value))
 }
@@ -205,7 +244,12 @@ fn set_xattrs(
             Ok(()) => {}
             // Not supported here (many file systems lack user.* on some
             // types), or not allowed on this kind of inode.
-            Err(err) if matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM | libc::E2BIG)) => {
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EPERM | libc::E2BIG)
+                ) =>
+            {
                 skips.note(path, name, &err);
             }
             Err(err) => return Err(dest("set extended attributes on", path)(err)),
@@ -276,7 +320,9 @@ pub(super) fn node(
     };
     let dirfd = Some(parent.as_raw_fd());
     let private = Mode::from_bits_truncate(0o600);
-    create_replacing(parent, name, path, || Ok(mknodat(dirfd, name, sflag, private, dev)?))?;
+    create_replacing(parent, name, path, || {
+        Ok(mknodat(dirfd, name, sflag, private, dev)?)
+    })?;
     apply_at(parent, name, meta, true, path, skips)
 }
 
@@ -313,20 +359,39 @@ fn apply_at(
 ) -> Result<(), ImportError> {
     let dirfd = Some(parent.as_raw_fd());
     let (uid, gid) = (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid));
-    fchownat(dirfd, name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(dest_errno("set the owner of", path))?;
+    fchownat(
+        dirfd,
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(dest_errno("set the owner of", path))?;
     if with_mode {
         // Following is harmless: `name` is the node just made by mknodat,
         // which fails if anything was there, and nothing else writes the tree.
-        fchmodat(dirfd, name, Mode::from_bits_truncate(meta.mode), FchmodatFlags::FollowSymlink)
-            .map_err(dest_errno("set the mode of", path))?;
+        fchmodat(
+            dirfd,
+            name,
+            Mode::from_bits_truncate(meta.mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(dest_errno("set the mode of", path))?;
     }
     if !meta.xattrs.is_empty() {
         let fd = dirfd::open_path_only(parent, name).map_err(dest("open", path))?;
-        set_xattrs(meta, path, skips, |n, v| dirfd::set_xattr_path_only(fd.as_fd(), n, v))?;
+        set_xattrs(meta, path, skips, |n, v| {
+            dirfd::set_xattr_path_only(fd.as_fd(), n, v)
+        })?;
     }
-    utimensat(dirfd, name, &TimeSpec::UTIME_OMIT, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(dest_errno("set the modification time of", path))
+    utimensat(
+        dirfd,
+        name,
+        &TimeSpec::UTIME_OMIT,
+        &meta.mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(dest_errno("set the modification time of", path))
 }
 
 #[cfg(test)]
@@ -353,7 +418,12 @@ mod tests {
             let allowed = node_allowed(kind, path, major, minor);
 
             // Assert
-            assert_eq!(allowed, expected, "{kind:?} {} {major}:{minor}", String::from_utf8_lossy(path));
+            assert_eq!(
+                allowed,
+                expected,
+                "{kind:?} {} {major}:{minor}",
+                String::from_utf8_lossy(path)
+            );
         }
     }
 
@@ -381,7 +451,14 @@ mod tests {
     #[test]
     fn parse_pax_time_handles_fractions_and_negatives() {
         // Arrange
-        let values: [&[u8]; 6] = [b"1700000000", b"1700000000.5", b"12.123456789999", b"-1.25", b"-3", b"x1"];
+        let values: [&[u8]; 6] = [
+            b"1700000000",
+            b"1700000000.5",
+            b"12.123456789999",
+            b"-1.25",
+            b"-3",
+            b"x1",
+        ];
 
         // Act
         let parsed: Vec<_> = values.iter().map(|v| parse_pax_time(v)).collect();
@@ -416,7 +493,9 @@ mod tests {
         // Assert
         assert!(file.is_ok());
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
-        assert!(std::fs::symlink_metadata(tmp.path().join("root/f")).unwrap().is_file());
+        assert!(std::fs::symlink_metadata(tmp.path().join("root/f"))
+            .unwrap()
+            .is_file());
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>
             stderr,
         } => {
             let input = tokio::spawn(pipe_input(source, stdin, host_pid));
-            let status = pump_output(sink, &mut child, Box::new(stdout), Some(Box::new(stderr))).await;
+            let status =
+                pump_output(sink, &mut child, Box::new(stdout), Some(Box::new(stderr))).await;
             input.abort();
             tracing::debug!(pid = host_pid, ?status, "exec finished");
         }
@@ -110,7 +111,10 @@ pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>
 
 /// Starts the distro if needed and resolves user, program, cwd and env.
 async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, Plan), Response> {
-    let started = distros.start(&req.distro).await.map_err(|e| e.to_response())?;
+    let started = distros
+        .start(&req.distro)
+        .await
+        .map_err(|e| e.to_response())?;
     let running = started.running;
     let settings = distros.store.settings(&req.distro).unwrap_or_default();
     let root = PathBuf::from(format!("/proc/{}/root", running.pid1));
@@ -156,17 +160,24 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
         ),
     ];
     if let Some(tty) = &req.tty {
-        env.push(("TERM".into(), tty.term.clone().unwrap_or_else(|| "xterm".into())));
+        env.push((
+            "TERM".into(),
+            tty.term.clone().unwrap_or_else(|| "xterm".into()),
+        ));
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(error(ErrorKind::BadRequest, format!("invalid environment variable {k:?}")));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("invalid environment variable {k:?}"),
+            ));
         }
         env.retain(|(old, _)| old != k);
         env.push((k.clone(), v.clone()));
     }
     let cstr = |s: &str, what: &str| {
-        CString::new(s).map_err(|_| error(ErrorKind::BadRequest, format!("{what} contains a NUL byte")))
+        CString::new(s)
+            .map_err(|_| error(ErrorKind::BadRequest, format!("{what} contains a NUL byte")))
     };
     let plan = Plan {
         program: cstr(&program, "program")?,
@@ -196,9 +207,15 @@ enum ProcessIo {
     Pty(pty::PtyMaster),
 }
 
-async fn spawn(running: &Running, plan: Plan, tty: Option<(u16, u16)>) -> Result<(Child, ProcessIo), Response> {
-    let internal = |what: &str, e: io::Error| error(ErrorKind::Internal, format!("could not {what}: {e}"));
-    let ns = DistroNamespaces::of(running.pid1).map_err(|e| internal("open the distro's namespaces", e))?;
+async fn spawn(
+    running: &Running,
+    plan: Plan,
+    tty: Option<(u16, u16)>,
+) -> Result<(Child, ProcessIo), Response> {
+    let internal =
+        |what: &str, e: io::Error| error(ErrorKind::Internal, format!("could not {what}: {e}"));
+    let ns = DistroNamespaces::of(running.pid1)
+        .map_err(|e| internal("open the distro's namespaces", e))?;
     let procs: Option<OwnedFd> = match &running.cgroup {
         Some(g) => Some(
             std::fs::OpenOptions::new()
@@ -210,7 +227,10 @@ async fn spawn(running: &Running, plan: Plan, tty: Option<(u16, u16)>) -> Result
         None => None,
     };
     let mut cmd = Command::new(plan.program.to_str().unwrap_or_default());
-    cmd.arg0(&plan.arg0).args(&plan.args).env_clear().envs(plan.env.iter().map(|(k, v)| (k, v)));
+    cmd.arg0(&plan.arg0)
+        .args(&plan.args)
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)));
     let mut master = None;
     let with_tty = tty.is_some();
     if let Some((rows, cols)) = tty {
@@ -221,11 +241,16 @@ async fn spawn(running: &Running, plan: Plan, tty: Option<(u16, u16)>) -> Result
             .stderr(Stdio::from(slave));
         master = Some(m);
     } else {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     let user = plan.user.clone();
     let cwd = plan.cwd.clone();
-    let pid_ns = ns.pid.try_clone().map_err(|e| internal("open the distro's namespaces", e))?;
+    let pid_ns = ns
+        .pid
+        .try_clone()
+        .map_err(|e| internal("open the distro's namespaces", e))?;
     // SAFETY: the hook runs in the forked child before exec. It only makes
     // system calls on descriptors and data prepared before the fork; nothing
     // allocates or takes locks.
@@ -255,11 +280,19 @@ async fn spawn(running: &Running, plan: Plan, tty: Option<(u16, u16)>) -> Result
         });
     }
     let program = plan.arg0.trim_start_matches('-').to_string();
-    let mut child = spawn_in_pid_ns(cmd, pid_ns).await.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => error(ErrorKind::CommandNotFound, format!("{}: command not found", plan.program.to_string_lossy())),
-        io::ErrorKind::PermissionDenied => error(ErrorKind::NotExecutable, format!("{}: permission denied", plan.program.to_string_lossy())),
-        _ => internal(&format!("run {program}"), e),
-    })?;
+    let mut child = spawn_in_pid_ns(cmd, pid_ns)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => error(
+                ErrorKind::CommandNotFound,
+                format!("{}: command not found", plan.program.to_string_lossy()),
+            ),
+            io::ErrorKind::PermissionDenied => error(
+                ErrorKind::NotExecutable,
+                format!("{}: permission denied", plan.program.to_string_lossy()),
+            ),
+            _ => internal(&format!("run {program}"), e),
+        })?;
     let io = match master {
         Some(m) => ProcessIo::Pty(m),
         None => ProcessIo::Pipes {

@@ -23,7 +23,10 @@ pub fn open(rows: u16, cols: u16) -> io::Result<(PtyMaster, OwnedFd)> {
         fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     }
     let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(pty.master.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    fcntl(
+        pty.master.as_raw_fd(),
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )?;
     // SAFETY: `pty.master` is an open descriptor that the AsyncFd owns from
     // here on; an OwnedFd always reports the same descriptor.
     let fd = unsafe {
