@@ -109,6 +109,14 @@ impl Staging {
 
     /// Moves the staged distro into place.
     pub fn commit(mut self) -> Result<(), StoreError> {
+        // Extraction does not fsync file by file; one syncfs makes the whole
+        // tree durable before it becomes visible under its name.
+        let dir = fs::File::open(&self.dir).map_err(io_err("open", &self.dir))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).map_err(|e| StoreError::Io {
+            action: "flush",
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
         // rename(2) onto a non-empty directory fails, so a distro that
         // appeared meanwhile is never overwritten.
         fs::rename(&self.dir, &self.target).map_err(|e| {

@@ -12,8 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use nix::fcntl::AtFlags;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, FileStat, Mode};
 
 /// Extended attributes as (name, value) pairs.
@@ -108,11 +107,15 @@ pub(super) fn set_xattr_path_only(
 }
 
 /// Lists the extended attributes of the inode behind a path-only descriptor,
-/// with their values.
+/// with their values; none where the file system has no extended attributes.
 pub(super) fn xattrs_path_only(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let path = proc_path(fd);
+    let names = match xattr::list_deref(&path) {
+        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        names => names?,
+    };
     let mut out = Vec::new();
-    for name in xattr::list_deref(&path)? {
+    for name in names {
         // An attribute removed between listing and reading is simply gone.
         if let Some(value) = xattr::get_deref(&path, &name)? {
             out.push((name.as_bytes().to_vec(), value));
@@ -121,11 +124,16 @@ pub(super) fn xattrs_path_only(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     Ok(out)
 }
 
-/// Lists the extended attributes of an open file or directory, with values.
+/// Lists the extended attributes of an open file or directory, with values;
+/// none where the file system has no extended attributes.
 pub(super) fn xattrs_of_file(file: &File) -> io::Result<Xattrs> {
     use xattr::FileExt;
+    let names = match file.list_xattr() {
+        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        names => names?,
+    };
     let mut out = Vec::new();
-    for name in file.list_xattr()? {
+    for name in names {
         if let Some(value) = file.get_xattr(&name)? {
             out.push((name.as_bytes().to_vec(), value));
         }

@@ -8,14 +8,12 @@ use std::os::fd::AsFd;
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
+use super::entry_meta::{device_numbers, link_target, read_meta};
 use super::entry_path::{EntryPath, PathProblem};
 use super::extract::Blame;
 use super::parent_dirs::{ParentDirs, WalkError};
-use super::unpack::{self, dest, Meta, Node, XattrSkips};
+use super::unpack::{self, dest, Node, XattrSkips};
 use super::{dirfd, shown, ImportError};
-
-/// Longest symlink or hard link target, as `PATH_MAX` without its NUL.
-const LINK_TARGET_MAX: usize = 4095;
 
 /// Size of the buffer file contents are copied through.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -323,104 +321,19 @@ fn walk_error(err: WalkError, shown_path: &str) -> ImportError {
     }
 }
 
-fn bad_header(shown_path: &str) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::BadHeader {
-        path: shown_path.to_owned(),
-        source,
-    }
-}
-
-/// Owner, mode, time and extended attributes of an entry. Names are ignored:
-/// ids are numeric, as the distro's own `/etc/passwd` defines them.
-fn read_meta<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    shown_path: &str,
-) -> Result<Meta, ImportError> {
-    let header = entry.header();
-    let id = |value: u64| {
-        u32::try_from(value)
-            .ok()
-            .filter(|&id| id != u32::MAX)
-            .ok_or_else(|| bad_header(shown_path)(io::Error::other("owner id out of range")))
-    };
-    let uid = id(header.uid().map_err(bad_header(shown_path))?)?;
-    let gid = id(header.gid().map_err(bad_header(shown_path))?)?;
-    let mode = header.mode().map_err(bad_header(shown_path))? & 0o7777;
-    let seconds = header.mtime().map_err(bad_header(shown_path))?;
-    let mut mtime = TimeSpec::new(i64::try_from(seconds).unwrap_or(i64::MAX), 0);
-    let mut xattrs = Vec::new();
-    if let Some(records) = entry.pax_extensions().map_err(bad_header(shown_path))? {
-        for record in records {
-            let record = record.map_err(bad_header(shown_path))?;
-            let key = record.key_bytes();
-            if key == b"mtime" {
-                if let Some(time) = unpack::parse_pax_time(record.value_bytes()) {
-                    mtime = time;
-                }
-            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                if unpack::xattr_restored(name) {
-                    xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
-                } else {
-                    tracing::warn!(path = shown_path, xattr = %shown(name), "extended attribute not restored");
-                }
-            }
-        }
-    }
-    Ok(Meta {
-        uid,
-        gid,
-        mode,
-        mtime,
-        xattrs,
-    })
-}
-
-fn link_target<R: Read>(
-    entry: &tar::Entry<'_, R>,
-    shown_path: &str,
-) -> Result<Vec<u8>, ImportError> {
-    // A symlink target is limited like a path (the kernel refuses longer ones).
-    match entry.link_name_bytes() {
-        Some(target)
-            if !target.is_empty() && target.len() <= LINK_TARGET_MAX && !target.contains(&0) =>
-        {
-            Ok(target.into_owned())
-        }
-        _ => Err(ImportError::InvalidLinkTarget {
-            path: shown_path.to_owned(),
-        }),
-    }
-}
-
-fn device_numbers<R: Read>(
-    entry: &tar::Entry<'_, R>,
-    node: Node,
-    shown_path: &str,
-) -> Result<(u32, u32), ImportError> {
-    if node == Node::Fifo {
-        return Ok((0, 0));
-    }
-    let header = entry.header();
-    let major = header.device_major().map_err(bad_header(shown_path))?;
-    let minor = header.device_minor().map_err(bad_header(shown_path))?;
-    match (major, minor) {
-        (Some(major), Some(minor)) => Ok((major, minor)),
-        _ => Err(bad_header(shown_path)(io::Error::other(
-            "device numbers missing",
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::test_tar::{extract_into, header, names_in, TestTar};
+    use crate::archive::test_tar::{extract_into, header, names_in, privileged, TestTar};
     use crate::archive::ImportFault;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     use std::path::Path;
 
     #[test]
     fn extract_restores_types_contents_and_metadata() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let long_path = format!("deep/{}/{}", "d".repeat(100), "f".repeat(94));
         assert_eq!(long_path.len(), 200);
@@ -539,6 +452,9 @@ mod tests {
 
     #[test]
     fn extract_rejects_a_file_written_through_a_symlink_to_outside() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().to_str().unwrap();
@@ -565,6 +481,9 @@ mod tests {
 
     #[test]
     fn extract_rejects_a_file_written_through_a_symlink_to_the_parent() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let archive = TestTar::new()
             .link(EntryType::Symlink, "up", "..")
@@ -603,6 +522,9 @@ mod tests {
 
     #[test]
     fn extract_rejects_hard_links_through_symlinks_or_to_non_files() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let cases = [
             TestTar::new()
@@ -677,6 +599,52 @@ mod tests {
     }
 
     #[test]
+    fn extract_reads_old_gnu_sparse_files_and_refuses_pax_sparse_ones() {
+        if !privileged() {
+            return;
+        }
+        // Arrange
+        let gnu_tar = std::process::Command::new("tar").arg("--version").output();
+        if !gnu_tar.is_ok_and(|o| o.status.success()) {
+            println!("skipped: GNU tar is not installed");
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        let sparse = std::fs::File::create(src.path().join("sparse")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&sparse, b"middle", 4 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&sparse, b"end", (8 << 20) - 3).unwrap();
+        let pack = |format: &str| {
+            let out = std::process::Command::new("tar")
+                .args(["--sparse", &format!("--format={format}"), "-cf", "-", "-C"])
+                .arg(src.path())
+                .arg("sparse")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            out.stdout
+        };
+        let (gnu, pax) = (pack("gnu"), pack("posix"));
+
+        // Act
+        let (tmp, gnu_result) = extract_into(&gnu);
+        let (_tmp2, pax_result) = extract_into(&pax);
+
+        // Assert
+        gnu_result.unwrap();
+        let expected = std::fs::read(src.path().join("sparse")).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("root/sparse")).unwrap(),
+            expected
+        );
+        let err = pax_result.unwrap_err();
+        assert!(
+            matches!(err, ImportError::UnsupportedFeature { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn extract_rejects_unknown_entry_types() {
         // Arrange
         let archive = TestTar::new()
@@ -696,6 +664,9 @@ mod tests {
 
     #[test]
     fn extract_lets_later_entries_replace_earlier_ones_without_following_them() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
@@ -720,6 +691,9 @@ mod tests {
 
     #[test]
     fn extract_applies_the_root_entry_to_the_destination() {
+        if !privileged() {
+            return;
+        }
         // Arrange
         let mut root_header = header(EntryType::Directory, 0o755);
         root_header.set_mtime(1_000_000_000);

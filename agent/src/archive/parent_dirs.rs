@@ -9,10 +9,9 @@
 //! ever removes or replaces a child of that directory, never one of them.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::stat::{fchmod, mkdirat, Mode};
-use std::os::fd::AsRawFd;
 
 use super::dirfd;
 use super::entry_path::components;

@@ -126,3 +126,13 @@ pub(super) fn names_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Whether this process may set owners and make device nodes, as extraction
+/// does; prints why the calling test is skipped when it may not.
+pub(super) fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("skipped: extraction sets owners and makes device nodes, which needs root");
+    false
+}

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::unpack::xattr_restored;
+use super::entry_meta::xattr_restored;
 
 /// One name in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

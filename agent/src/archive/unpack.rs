@@ -19,6 +19,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use super::dirfd;
+use super::entry_meta::Meta;
 use super::ImportError;
 
 /// Character devices allowed as `dev/<name>`: the ones every root file system
@@ -33,31 +34,6 @@ const ALLOWED_CHAR_DEVICES: [(u32, u32); 8] = [
     (5, 1), // console
     (5, 2), // ptmx
 ];
-
-/// Extended attribute namespaces that are restored. `trusted.*` is left out on
-/// purpose: it holds host-side metadata (overlayfs, for one) that an imported
-/// archive must not be able to forge.
-const RESTORED_XATTR_PREFIXES: [&[u8]; 4] = [
-    b"user.",
-    b"security.",
-    b"system.posix_acl_access",
-    b"system.posix_acl_default",
-];
-
-/// Metadata of an entry, decoded from its header and PAX records.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Meta {
-    /// Numeric owner.
-    pub(super) uid: u32,
-    /// Numeric group.
-    pub(super) gid: u32,
-    /// Permission bits with setuid, setgid and sticky.
-    pub(super) mode: u32,
-    /// Modification time.
-    pub(super) mtime: TimeSpec,
-    /// Extended attributes to restore, by name.
-    pub(super) xattrs: super::dirfd::Xattrs,
-}
 
 /// The device kinds an entry can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,40 +59,6 @@ pub(super) fn node_allowed(kind: Node, path: &[u8], major: u32, minor: u32) -> b
             in_dev && ALLOWED_CHAR_DEVICES.contains(&(major, minor))
         }
     }
-}
-
-/// Whether an extended attribute of this name is restored.
-pub(super) fn xattr_restored(name: &[u8]) -> bool {
-    !name.contains(&0)
-        && RESTORED_XATTR_PREFIXES
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-}
-
-/// Parses a PAX time (`seconds[.fraction]`, possibly negative).
-pub(super) fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let seconds: i64 = whole.parse().ok()?;
-    let mut nanos: i64 = 0;
-    for (i, digit) in fraction.bytes().take(9).enumerate() {
-        nanos += i64::from(digit - b'0') * 10_i64.pow(8 - i as u32);
-    }
-    Some(match (negative, nanos) {
-        (false, _) => TimeSpec::new(seconds, nanos),
-        (true, 0) => TimeSpec::new(-seconds, 0),
-        (true, _) => TimeSpec::new(-seconds - 1, 1_000_000_000 - nanos),
-    })
 }
 
 /// Counts extended attributes the file system refused, warning about the
@@ -425,56 +367,6 @@ mod tests {
                 String::from_utf8_lossy(path)
             );
         }
-    }
-
-    #[test]
-    fn xattr_policy_restores_user_security_and_acls_but_not_trusted() {
-        // Arrange
-        let names: [(&[u8], bool); 6] = [
-            (b"user.test", true),
-            (b"security.capability", true),
-            (b"system.posix_acl_access", true),
-            (b"trusted.overlay.redirect", false),
-            (b"system.nfs4_acl", false),
-            (b"user.a\0b", false),
-        ];
-
-        for (name, expected) in names {
-            // Act
-            let restored = xattr_restored(name);
-
-            // Assert
-            assert_eq!(restored, expected, "{}", String::from_utf8_lossy(name));
-        }
-    }
-
-    #[test]
-    fn parse_pax_time_handles_fractions_and_negatives() {
-        // Arrange
-        let values: [&[u8]; 6] = [
-            b"1700000000",
-            b"1700000000.5",
-            b"12.123456789999",
-            b"-1.25",
-            b"-3",
-            b"x1",
-        ];
-
-        // Act
-        let parsed: Vec<_> = values.iter().map(|v| parse_pax_time(v)).collect();
-
-        // Assert
-        assert_eq!(
-            parsed,
-            [
-                Some(TimeSpec::new(1_700_000_000, 0)),
-                Some(TimeSpec::new(1_700_000_000, 500_000_000)),
-                Some(TimeSpec::new(12, 123_456_789)),
-                Some(TimeSpec::new(-2, 750_000_000)),
-                Some(TimeSpec::new(-3, 0)),
-                None,
-            ]
-        );
     }
 
     #[test]
