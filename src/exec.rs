@@ -1,8 +1,6 @@
 //! `distroctl exec` and `distroctl shell`: a process in a distro with the
 //! local stdio attached, binary-safe, with signals and window size forwarded.
 
-use std::path::Path;
-
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorKind, ExecRequest, Frame, Request, Response};
@@ -10,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::agent_client::{self, ClientError};
+use crate::agent_client::{self, AgentAddr, ClientError};
 use crate::terminal::{self, RawMode};
 
 /// Bytes read from stdin per frame.
@@ -18,9 +16,9 @@ const CHUNK: usize = 64 * 1024;
 
 /// Runs `req` and returns the remote exit status. With `req.tty` set and a
 /// local terminal, the terminal is in raw mode for the duration.
-pub async fn run(socket: &Path, req: ExecRequest) -> Result<i32, ClientError> {
+pub async fn run(agent: &AgentAddr, req: ExecRequest) -> Result<i32, ClientError> {
     let tty = req.tty.is_some();
-    let mut conn = agent_client::connect(socket).await?;
+    let mut conn = agent_client::connect(agent).await?;
     conn.send(Frame::Request(Request::Exec(req))).await?;
     match agent_client::response(&mut conn).await {
         Ok(Response::ExecStarted { .. }) => {}

@@ -2,9 +2,13 @@
 //! isolated environment inside one shared utility VM.
 
 mod agent_client;
+mod config;
 mod exec;
+mod guest;
+mod paths;
 mod terminal;
 mod transfer;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +18,8 @@ use protocol::{
     Compression, DistroSettings, DistroState, ExecRequest, Request, Response, TtyRequest,
 };
 
-use crate::agent_client::ClientError;
+use crate::agent_client::{AgentAddr, ClientError};
+use crate::config::{BackendChoice, Config};
 
 /// Run Linux distributions side by side, like WSL2 on a Linux host.
 #[derive(Debug, Parser)]
@@ -29,6 +34,9 @@ struct Cli {
         env = "DISTROCTL_AGENT_SOCKET"
     )]
     agent_socket: Option<PathBuf>,
+    /// VM monitor for the utility VM (overrides `backend` in the config).
+    #[arg(long, global = true, value_enum)]
+    backend: Option<BackendArg>,
     /// Show the full cause of errors and debug logs.
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -101,8 +109,20 @@ enum Command {
         /// Distro to delete.
         name: String,
     },
-    /// Stop every distro and flush the data disk.
+    /// Stop every distro, flush the data disk and stop the utility VM.
     Shutdown,
+    /// Run the utility VM (started by distroctl itself, detached).
+    #[command(hide = true)]
+    VmRun(vm::runner::RunnerArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    /// The best backend this host can run.
+    Auto,
+    /// QEMU (`-M microvm`), with KVM when the host has hardware
+    /// virtualization and emulation otherwise.
+    Qemu,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +159,19 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::VmRun(args) = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(std::io::stderr)
+            .init();
+        return match vm::runner::run(args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("distroctl vm-run: {}", describe(&e, true));
+                ExitCode::from(1)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(if cli.verbose { "debug" } else { "warn" })
         .with_writer(std::io::stderr)
@@ -206,12 +239,32 @@ fn exec_request(name: String, opts: ExecOpts, argv: Vec<String>, tty: bool) -> E
     }
 }
 
+/// The agent to talk to: the one given on the command line, or the utility
+/// VM's (booting it when needed).
+async fn agent(
+    cli_socket: &Option<PathBuf>,
+    backend: Option<BackendArg>,
+) -> Result<AgentAddr, AnyError> {
+    if let Some(path) = cli_socket {
+        return Ok(AgentAddr::Unix(path.clone()));
+    }
+    let mut config = Config::load(&Config::default_path())?;
+    match backend {
+        Some(BackendArg::Auto) => config.backend = BackendChoice::Auto,
+        Some(BackendArg::Qemu) => config.backend = BackendChoice::Qemu,
+        None => {}
+    }
+    Ok(vm::control::ensure_running(&config).await?)
+}
+
 async fn run(cli: Cli) -> Result<i32, AnyError> {
-    let Some(socket) = cli.agent_socket else {
-        return Err(
-            "no agent to talk to: pass --agent-socket PATH (or set DISTROCTL_AGENT_SOCKET)".into(),
-        );
-    };
+    if matches!(cli.command, Command::Shutdown) && cli.agent_socket.is_none() {
+        if !vm::control::shutdown().await? {
+            eprintln!("The utility VM is not running");
+        }
+        return Ok(0);
+    }
+    let socket = agent(&cli.agent_socket, cli.backend).await?;
     let simple = |req: Request| {
         let socket = socket.clone();
         async move { agent_client::request(&socket, req).await.map(|(_, r)| r) }
@@ -299,6 +352,7 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Shutdown => {
             simple(Request::Shutdown).await?;
         }
+        Command::VmRun(_) => unreachable!("handled before the runtime starts"),
     }
     Ok(0)
 }

@@ -11,7 +11,7 @@ use protocol::{Compression, DistroSettings, Frame, Request, Response};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::agent_client::{self, ClientError};
+use crate::agent_client::{self, AgentAddr, ClientError};
 
 /// Bytes per `Data` frame.
 const CHUNK: usize = 256 * 1024;
@@ -95,7 +95,7 @@ impl Progress {
 /// Imports `file` (a path or `-` for stdin) as distro `name`; returns the
 /// number of tar bytes the agent extracted.
 pub async fn import(
-    socket: &Path,
+    agent: &AgentAddr,
     name: &str,
     file: &Path,
     settings: DistroSettings,
@@ -115,7 +115,7 @@ pub async fn import(
         (Box::new(f), len)
     };
     let (conn, resp) = agent_client::request(
-        socket,
+        agent,
         Request::Import {
             name: name.to_string(),
             settings,
@@ -192,7 +192,7 @@ pub fn compression_for(path: &Path) -> Compression {
 /// under a temporary name and renamed when complete, so a failed export
 /// never leaves a partial archive behind.
 pub async fn export(
-    socket: &Path,
+    agent: &AgentAddr,
     name: &str,
     file: &Path,
     compression: Compression,
@@ -211,7 +211,7 @@ pub async fn export(
         }
     };
     let (mut conn, resp) = agent_client::request(
-        socket,
+        agent,
         Request::Export {
             name: name.to_string(),
             compression,

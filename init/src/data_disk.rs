@@ -27,7 +27,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Debug, Error)]
 pub enum DataDiskError {
     /// The device node did not appear in time.
-    #[error("no data disk: {} did not appear within {timeout:?}", device.display())]
+    #[error("{} did not appear within {timeout:?}", device.display())]
     Missing {
         /// Device node waited for.
         device: PathBuf,

@@ -49,6 +49,7 @@ fn main() {
 
 /// The boot sequence; returns only when the VM should power off.
 fn boot() -> Shutdown {
+    log!("distroctl-init {} starting", env!("CARGO_PKG_VERSION"));
     // Blocked before anything can fork, so no SIGCHLD or SIGTERM is lost
     // before the supervisor reads them from its signalfd.
     if let Err(errno) = supervisor::handled_signals().thread_block() {
@@ -79,7 +80,7 @@ fn boot() -> Shutdown {
     if let Err(e) = data_disk::wait_for(device, data_disk::APPEAR_TIMEOUT)
         .and_then(|()| data_disk::mount_data(device))
     {
-        return fatal("the data disk is required", &e);
+        return fatal("the VM cannot run without its data disk", &e);
     }
     log!("mounted {} at {}", device.display(), data_disk::MOUNT_POINT);
 

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -116,23 +117,42 @@ pub fn supervise(agent: &AgentCommand) -> Shutdown {
     }
 }
 
-/// Spawns the agent with its output on the console. std resets the child's
-/// signal mask, so the agent does not inherit init's blocked signals.
+/// Spawns the agent with its output on the console.
 fn spawn(agent: &AgentCommand) -> std::io::Result<Pid> {
-    let output = console::open_for_child()?;
-    let child = Command::new(&agent.program)
+    let mut command = Command::new(&agent.program);
+    unblock_signals_in_child(&mut command);
+    command
         .args(&agent.args)
         .env_clear()
         .envs(agent.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(output.try_clone()?)
-        .stderr(output)
-        .current_dir("/")
-        .spawn()?;
+        .current_dir("/");
+    // Init's own stdio is the console the kernel opened, so inheriting it
+    // is the fallback when a fresh handle cannot be had.
+    if let Ok(output) = console::open_for_child() {
+        command.stdout(output.try_clone()?).stderr(output);
+    }
+    let child = command.spawn()?;
     // The child handle is dropped without waiting: reaping goes through
     // waitpid(-1) with every other zombie.
     let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
     Ok(Pid::from_raw(pid))
+}
+
+/// A child inherits the signal mask across fork and exec, and std leaves it
+/// alone; without this the agent would start with SIGTERM and SIGCHLD
+/// blocked and never see them.
+fn unblock_signals_in_child(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed; it makes exactly one,
+    // pthread_sigmask, on a set built before the fork, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Reads every pending signal; returns the last shutdown signal among them.
@@ -218,13 +238,14 @@ mod tests {
 
     #[test]
     fn spawned_agent_does_not_inherit_blocked_signals() {
-        // Runs in its own thread because the signal mask is per thread.
+        // Its own thread, because the signal mask is per thread; grep is run
+        // directly because a shell would reset the mask itself.
         let blocked = std::thread::spawn(|| {
             handled_signals().thread_block().unwrap();
-            let output = Command::new("sh")
-                .args(["-c", "grep '^SigBlk:' /proc/self/status"])
-                .output()
-                .unwrap();
+            let mut command = Command::new("grep");
+            command.args(["^SigBlk:", "/proc/self/status"]);
+            unblock_signals_in_child(&mut command);
+            let output = command.output().unwrap();
             String::from_utf8(output.stdout).unwrap()
         })
         .join()

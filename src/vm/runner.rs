@@ -1,0 +1,210 @@
+//! `distroctl vm-run`: the detached process that owns one running utility
+//! VM. It holds the VM lock, serves our vsock device to QEMU over
+//! vhost-user, runs QEMU, and cleans up when QEMU ends (guest power-off,
+//! crash or kill). Being a separate process, a crash of the CLI never takes
+//! the VM down, and killing the runner takes QEMU with it.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{SigSet, Signal};
+use thiserror::Error;
+
+use super::qemu::{QemuSpec, GUEST_CID};
+use super::state::{try_lock, VmPaths, VmState};
+
+/// What the runner is told by the CLI that started it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerArgs {
+    /// QEMU binary.
+    #[arg(long)]
+    pub qemu: PathBuf,
+    /// Use KVM.
+    #[arg(long)]
+    pub kvm: bool,
+    /// Why this accelerator.
+    #[arg(long)]
+    pub reason: String,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    pub memory_mib: u64,
+    /// vCPUs.
+    #[arg(long)]
+    pub cpus: u32,
+    /// Kernel image.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Kernel release, for status.
+    #[arg(long)]
+    pub kernel_version: String,
+    /// Initramfs.
+    #[arg(long)]
+    pub initrd: PathBuf,
+    /// Data disk.
+    #[arg(long)]
+    pub disk: PathBuf,
+    /// Serial console log.
+    #[arg(long)]
+    pub console_log: PathBuf,
+    /// Runtime directory.
+    #[arg(long)]
+    pub runtime_dir: PathBuf,
+}
+
+/// The runner could not run the VM.
+#[derive(Debug, Error)]
+pub enum RunnerError {
+    /// Another runner holds the lock.
+    #[error("a utility VM is already running (lock {} is held)", path.display())]
+    AlreadyRunning {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Setting up the runtime directory or lock failed.
+    #[error("cannot prepare {}", path.display())]
+    Prepare {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vsock backend did not start.
+    #[error("cannot start the vsock device backend")]
+    Vsock(#[source] vmm::vhost_user::VhostUserError),
+    /// QEMU did not start.
+    #[error("cannot start {}", path.display())]
+    Qemu {
+        /// The QEMU binary.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the VM until QEMU exits; returns QEMU's exit code.
+pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
+    let paths = VmPaths::new(args.runtime_dir.clone());
+    let prep = |path: PathBuf| move |source| RunnerError::Prepare { path, source };
+    paths.create().map_err(prep(paths.dir.clone()))?;
+    let _lock = try_lock(&paths.vm_lock())
+        .map_err(prep(paths.vm_lock()))?
+        .ok_or_else(|| RunnerError::AlreadyRunning {
+            path: paths.vm_lock(),
+        })?;
+    for stale in [
+        paths.vsock_socket(),
+        paths.vhost_socket(),
+        paths.state_file(),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+
+    // Signals are handled synchronously below; blocking them before any
+    // thread starts keeps them off the backend's threads.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+
+    let backend = vmm::vhost_user::spawn_vhost_user_vsock(
+        &paths.vhost_socket(),
+        &paths.vsock_socket(),
+        GUEST_CID,
+    )
+    .map_err(RunnerError::Vsock)?;
+
+    let spec = QemuSpec {
+        binary: args.qemu.clone(),
+        kvm: args.kvm,
+        memory_mib: args.memory_mib,
+        cpus: args.cpus,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        disk: args.disk.clone(),
+        vhost_socket: paths.vhost_socket(),
+        console_log: args.console_log.clone(),
+        tsc_khz: super::accel::tsc_khz(),
+    };
+    let mut cmd = Command::new(&spec.binary);
+    cmd.args(spec.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl in the forked child only sets its parent-death signal;
+    // this thread (the runner's main thread) lives until QEMU is reaped, so
+    // the signal fires only when the runner itself dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+    let mut qemu = cmd.spawn().map_err(|source| RunnerError::Qemu {
+        path: spec.binary.clone(),
+        source,
+    })?;
+    tracing::info!(pid = qemu.id(), kvm = args.kvm, "QEMU started");
+
+    let state = VmState {
+        runner_pid: std::process::id(),
+        qemu_pid: qemu.id(),
+        backend: "qemu".into(),
+        reason: args.reason.clone(),
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        memory_mib: args.memory_mib,
+        cpus: args.cpus,
+        kernel_version: args.kernel_version.clone(),
+        console_log: args.console_log.clone(),
+    };
+    if let Err(e) = state.write(&paths.state_file()) {
+        tracing::warn!(error = %e, "cannot write vm.json");
+    }
+
+    let code = loop {
+        match qemu.try_wait() {
+            Ok(Some(status)) => break status.code().unwrap_or(1),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for QEMU failed");
+                break 1;
+            }
+        }
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+            tracing::info!(?sig, "stopping QEMU");
+            let _ = qemu.kill();
+        }
+    };
+    tracing::info!(code, "QEMU exited");
+    drop(backend);
+    for file in [
+        paths.vsock_socket(),
+        paths.vhost_socket(),
+        paths.state_file(),
+    ] {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(code)
+}
+
+/// Waits up to `timeout` for one of the blocked `signals`.
+fn wait_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: sigtimedwait reads the set and the timespec, both live locals;
+    // a null info pointer is allowed.
+    let n = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
+    if n > 0 {
+        Signal::try_from(n).ok()
+    } else {
+        None
+    }
+}

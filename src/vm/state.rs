@@ -1,0 +1,189 @@
+//! Files of a running utility VM in the runtime directory, and the lock that
+//! guarantees one VM per data disk.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Paths of the VM's runtime files.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    /// The runtime directory (mode 0700).
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    /// Paths under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        VmPaths { dir }
+    }
+
+    /// Creates the directory, private to the user.
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+    }
+
+    /// Held (exclusive flock) by the runner for the VM's whole life.
+    pub fn vm_lock(&self) -> PathBuf {
+        self.dir.join("vm.lock")
+    }
+
+    /// Held by a CLI while it boots the VM, so concurrent commands wait for
+    /// one boot instead of starting two.
+    pub fn boot_lock(&self) -> PathBuf {
+        self.dir.join("boot.lock")
+    }
+
+    /// Hybrid vsock socket: `CONNECT <port>\n` reaches a guest port.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+
+    /// vhost-user socket between QEMU and our vsock backend.
+    pub fn vhost_socket(&self) -> PathBuf {
+        self.dir.join("vhost-vsock.sock")
+    }
+
+    /// Facts about the running VM.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+
+    /// The runner's own log.
+    pub fn runner_log(&self) -> PathBuf {
+        self.dir.join("runner.log")
+    }
+}
+
+/// What a running VM reports about itself (`vm.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmState {
+    /// PID of the runner process.
+    pub runner_pid: u32,
+    /// PID of QEMU.
+    pub qemu_pid: u32,
+    /// `qemu`.
+    pub backend: String,
+    /// Why this backend and accelerator.
+    pub reason: String,
+    /// Unix time the VM started.
+    pub started_at: u64,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Kernel release.
+    pub kernel_version: String,
+    /// Serial console log.
+    pub console_log: PathBuf,
+}
+
+impl VmState {
+    /// Writes `vm.json` atomically.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Reads `vm.json`, if present and valid.
+    pub fn read(path: &Path) -> Option<VmState> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// Opens (creating) a lock file.
+fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Takes the exclusive lock on `path` without waiting; `None` when another
+/// process holds it.
+pub fn try_lock(path: &Path) -> io::Result<Option<Flock<File>>> {
+    match Flock::lock(open_lock(path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// Takes the exclusive lock on `path`, waiting for it (blocking call).
+pub fn lock(path: &Path) -> io::Result<Flock<File>> {
+    Flock::lock(open_lock(path)?, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
+}
+
+/// True while a runner holds the VM lock.
+pub fn is_running(paths: &VmPaths) -> bool {
+    matches!(try_lock(&paths.vm_lock()), Ok(None))
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_while_the_first_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths::new(dir.path().to_path_buf());
+
+        let held = try_lock(&paths.vm_lock()).unwrap();
+        assert!(held.is_some());
+        assert!(is_running(&paths));
+        drop(held);
+        assert!(!is_running(&paths));
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = VmState {
+            runner_pid: 1,
+            qemu_pid: 2,
+            backend: "qemu".into(),
+            reason: "r".into(),
+            started_at: 3,
+            memory_mib: 4,
+            cpus: 5,
+            kernel_version: "6".into(),
+            console_log: "/c".into(),
+        };
+
+        state.write(&dir.path().join("vm.json")).unwrap();
+
+        assert_eq!(VmState::read(&dir.path().join("vm.json")), Some(state));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("l");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+
+        assert_eq!(log_tail(&log, 2), "c\nd");
+        assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
+    }
+}

@@ -1,0 +1,3 @@
+//! Devices the guest sees.
+
+pub mod virtio;
