@@ -245,8 +245,17 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
     match &result {
         Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "agent answered"),
         Err(_) => {
+            // Killing the runner takes QEMU with it (parent-death signal);
+            // its files would claim a VM that no longer exists.
             let _ = runner.kill();
             let _ = runner.wait();
+            for file in [
+                paths.state_file(),
+                paths.vsock_socket(),
+                paths.vhost_socket(),
+            ] {
+                let _ = std::fs::remove_file(file);
+            }
         }
     }
     // Reap the runner when it ends later, without blocking this command.

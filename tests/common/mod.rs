@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+
+pub mod vm;
 use std::time::{Duration, Instant};
 
 /// True when the test may run; prints why it skips otherwise. The agent
@@ -167,4 +169,87 @@ impl Drop for TestAgent {
 /// Text of an output stream.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Reads from a PTY master until `needle` shows up or time runs out.
+fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(master),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => return seen.contains(needle),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+        if seen.contains(needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs `cmd` (a `distroctl shell …`) on a real 40×100 terminal as a
+/// terminal emulator would, and checks: a root prompt appears, a command
+/// runs, the window size is seen, `exit 3` gives status 3, and the terminal
+/// mode is restored afterwards.
+pub fn assert_interactive_shell(mut cmd: Command) {
+    use std::io::Write;
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 40,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .unwrap();
+    let slave = pty.slave;
+    let before = nix::sys::termios::tcgetattr(&slave).unwrap();
+    cmd.env("TERM", "xterm")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and TIOCSCTTY in the child before exec make the PTY its
+    // controlling terminal, as a terminal emulator does.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = String::new();
+
+    assert!(
+        read_until(&mut master, "# ", &mut seen),
+        "no root prompt: {seen:?}"
+    );
+    master.write_all(b"echo hi-$((40+2)); stty size\r").unwrap();
+    assert!(read_until(&mut master, "hi-42", &mut seen), "{seen:?}");
+    assert!(read_until(&mut master, "40 100", &mut seen), "{seen:?}");
+    master.write_all(b"exit 3\r").unwrap();
+    let status = child.wait().unwrap();
+
+    assert_eq!(status.code(), Some(3));
+    let after = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert_eq!(
+        before.local_flags, after.local_flags,
+        "terminal mode restored"
+    );
+    assert_eq!(
+        before.input_flags, after.input_flags,
+        "terminal mode restored"
+    );
 }

@@ -1,0 +1,136 @@
+//! A private utility VM for a test: its own HOME, config, data disk and
+//! runtime directory, booted by the real `distroctl` under QEMU.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::binary;
+
+/// VMs run one at a time: two emulated guests on a small host only slow
+/// each other down.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+/// Kernels and initramfs images are shared between tests (fetched once).
+const SHARED_CACHE: &str = "/var/cache/distroctl-tests/cache";
+
+pub struct TestVm {
+    pub home: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl TestVm {
+    /// A VM home with `extra` appended to a small test config.
+    pub fn new(extra: &str) -> TestVm {
+        let turn = ONE_VM.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            Path::new("/usr/bin/qemu-system-x86_64").exists(),
+            "qemu-system-x86_64 is missing: install qemu-system-x86 (scripts/test does)"
+        );
+        let home = tempfile::Builder::new()
+            .prefix("distroctl-vm-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let config = home.path().join(".config/distroctl");
+        std::fs::create_dir_all(&config).unwrap();
+        let mut text = String::new();
+        for (key, value) in [("memory", "\"1G\""), ("cpus", "2"), ("disk_size", "\"8G\"")] {
+            if !extra.contains(&format!("{key} =")) {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text.push_str(extra);
+        std::fs::write(config.join("config.toml"), text).unwrap();
+        std::fs::create_dir_all(SHARED_CACHE).unwrap();
+        TestVm { home, _turn: turn }
+    }
+
+    /// A `distroctl` command in this VM's environment.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(binary("distroctl"));
+        let h = self.home.path();
+        cmd.env("HOME", h)
+            .env("XDG_CONFIG_HOME", h.join(".config"))
+            .env("XDG_DATA_HOME", h.join(".local/share"))
+            .env("XDG_RUNTIME_DIR", h.join("run"))
+            .env("XDG_CACHE_HOME", SHARED_CACHE)
+            .env_remove("DISTROCTL_AGENT_SOCKET");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "distroctl {args:?} failed: {}\nconsole:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.console_tail()
+        );
+        out
+    }
+
+    pub fn sh(&self, distro: &str, script: &str) -> String {
+        let out = self.ok(&["exec", distro, "--", "sh", "-c", script]);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.home.path().join("run/distroctl")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.path().join(".local/share/distroctl")
+    }
+
+    /// `vm.json` of the running VM.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.runtime_dir().join("vm.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn qemu_pid(&self) -> Option<i32> {
+        self.state()?.get("qemu_pid")?.as_i64().map(|p| p as i32)
+    }
+
+    pub fn runner_pid(&self) -> Option<i32> {
+        self.state()?.get("runner_pid")?.as_i64().map(|p| p as i32)
+    }
+
+    /// Waits until no runner holds the VM (after shutdown or a kill).
+    pub fn wait_stopped(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !self.runtime_dir().join("vm.json").exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn console_tail(&self) -> String {
+        let log = std::fs::read(self.data_dir().join("console.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let _ = self.run(&["shutdown"]);
+        if !self.wait_stopped() {
+            for pid in [self.qemu_pid(), self.runner_pid()].into_iter().flatten() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

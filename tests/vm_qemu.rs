@@ -1,0 +1,242 @@
+//! The whole stack in the utility VM under QEMU (TCG on hosts without
+//! hardware virtualization): boot, agent handshake over our vsock device,
+//! distros, shells, shutdown, persistence, crash safety and bad input.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::vm::TestVm;
+use common::{debian_rootfs, text};
+
+fn host_kernel() -> String {
+    nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn vm_runs_distros_and_keeps_them_across_shutdown() {
+    let vm = TestVm::new("");
+    let tar = debian_rootfs().to_str().unwrap();
+
+    vm.ok(&["import", "alpha", tar]);
+    vm.ok(&["import", "beta", tar]);
+    let kernel = vm.sh("alpha", "uname -r");
+    assert!(kernel.trim().ends_with("cloud-amd64"), "{kernel}");
+    assert_ne!(kernel.trim(), host_kernel(), "runs on the guest kernel");
+    assert_eq!(vm.sh("alpha", "hostname").trim(), "alpha");
+    let state = vm.state().expect("vm.json while running");
+    assert_eq!(state["backend"], "qemu");
+
+    vm.sh("alpha", "echo kept > /root/note");
+    vm.sh("beta", "setsid sleep 4646 </dev/null >/dev/null 2>&1 &");
+    vm.ok(&["terminate", "alpha"]);
+    let list = text(&vm.ok(&["list"]).stdout);
+    let row = |n: &str| list.lines().find(|l| l.starts_with(n)).unwrap().to_string();
+    assert!(row("alpha").contains("stopped"), "{list}");
+    assert!(row("beta").contains("running"), "{list}");
+    assert!(vm.sh("beta", "ps -eo args").contains("sleep 4646"));
+
+    vm.ok(&["shutdown"]);
+    assert!(vm.wait_stopped(), "VM still running after shutdown");
+    assert!(
+        vm.console_tail().contains("reboot: Power down"),
+        "{}",
+        vm.console_tail()
+    );
+
+    // The next command boots a new VM; files and both distros persist.
+    assert_eq!(vm.sh("alpha", "cat /root/note"), "kept\n");
+    let list = text(&vm.ok(&["list"]).stdout);
+    assert!(list.contains("alpha") && list.contains("beta"), "{list}");
+}
+
+#[test]
+fn vm_shell_works_on_a_real_terminal() {
+    let vm = TestVm::new("");
+    vm.ok(&["import", "term", debian_rootfs().to_str().unwrap()]);
+    let mut cmd = vm.cli();
+    cmd.args(["shell", "term"]);
+
+    common::assert_interactive_shell(cmd);
+}
+
+#[test]
+fn vm_exec_streams_are_binary_safe() {
+    let vm = TestVm::new("");
+    vm.ok(&["import", "bytes", debian_rootfs().to_str().unwrap()]);
+    let mut data = vec![0u8; 8 << 20];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut data[..]);
+
+    let mut child = vm
+        .cli()
+        .args(["exec", "bytes", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.clone();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+
+    assert!(out.status.success());
+    assert!(
+        out.stdout == data,
+        "8 MiB differ after the round trip through the VM"
+    );
+    let code = vm.run(&["exec", "bytes", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(code.status.code(), Some(42));
+}
+
+#[test]
+fn synced_file_survives_killing_qemu() {
+    let vm = TestVm::new("");
+    vm.ok(&["import", "crash", debian_rootfs().to_str().unwrap()]);
+    vm.sh("crash", "echo durable > /root/synced && sync");
+    let qemu = vm.qemu_pid().expect("QEMU pid");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(vm.wait_stopped(), "runner did not notice QEMU died");
+
+    assert_eq!(vm.sh("crash", "cat /root/synced"), "durable\n");
+}
+
+#[test]
+fn concurrent_commands_boot_one_vm_and_a_second_runner_is_refused() {
+    let vm = TestVm::new("");
+
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            vm.cli()
+                .arg("list")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let runner_log = std::fs::read_to_string(vm.runtime_dir().join("runner.log")).unwrap();
+    assert_eq!(
+        runner_log.matches("QEMU started").count(),
+        1,
+        "{runner_log}"
+    );
+
+    let second = vm
+        .cli()
+        .args([
+            "vm-run",
+            "--qemu",
+            "/usr/bin/qemu-system-x86_64",
+            "--reason",
+            "test",
+        ])
+        .args([
+            "--memory-mib",
+            "256",
+            "--cpus",
+            "1",
+            "--kernel",
+            "/k",
+            "--kernel-version",
+            "x",
+        ])
+        .args(["--initrd", "/i", "--disk", "/d", "--console-log", "/tmp/x"])
+        .arg("--runtime-dir")
+        .arg(vm.runtime_dir())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second.stderr).contains("already running"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert!(vm.qemu_pid().is_some(), "the first VM keeps running");
+}
+
+#[test]
+fn missing_and_corrupt_kernels_are_clear_errors() {
+    let missing = TestVm::new("kernel = \"/nonexistent/vmlinuz\"\n");
+    let out = missing.run(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/vmlinuz"), "{err}");
+    drop(missing);
+
+    let corrupt = TestVm::new("");
+    let junk = corrupt.home.path().join("junk-kernel");
+    std::fs::write(&junk, vec![0x5a; 64 * 1024]).unwrap();
+    std::fs::write(
+        corrupt.home.path().join(".config/distroctl/config.toml"),
+        format!("memory = \"1G\"\nkernel = \"{}\"\n", junk.display()),
+    )
+    .unwrap();
+    let out = corrupt.run(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("junk-kernel"), "{err}");
+    assert!(corrupt.state().is_none(), "no VM was started");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let vm = TestVm::new("memroy = \"2G\"\n");
+
+    let out = vm.run(&["list"]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("memroy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn agent_that_never_answers_times_out_with_the_console_tail() {
+    // Far too short for any boot: the agent cannot answer in time.
+    let vm = TestVm::new("boot_timeout = \"300ms\"\n");
+
+    let out = vm.run(&["list"]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("did not answer within 300ms"), "{err}");
+    assert!(err.contains("console log"), "{err}");
+    assert!(vm.wait_stopped(), "the stuck VM was stopped");
+}
+
+#[test]
+fn full_data_disk_fails_the_import_and_keeps_other_distros() {
+    let vm = TestVm::new("disk_size = \"300M\"\n");
+    let tar = debian_rootfs().to_str().unwrap();
+    vm.ok(&["import", "first", tar]);
+    vm.sh("first", "echo mine > /root/keep");
+
+    let out = vm.run(&["import", "second", tar]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    let list = text(&vm.ok(&["list"]).stdout);
+    assert!(!list.contains("second"), "{list}");
+    assert_eq!(vm.sh("first", "cat /root/keep"), "mine\n");
+    // The failed import's space is returned.
+    let free = vm.sh("first", "echo ok");
+    assert_eq!(free, "ok\n");
+}
