@@ -6,6 +6,7 @@ mod config;
 mod exec;
 mod guest;
 mod paths;
+mod status;
 mod terminal;
 mod transfer;
 mod vm;
@@ -108,6 +109,24 @@ enum Command {
     Unregister {
         /// Distro to delete.
         name: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Show the utility VM (backend and why, state, uptime, memory) and the distros.
+    Status,
+    /// Show the end of the utility VM's console log and the VM runner's log.
+    Logs {
+        /// Lines of each log.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Show the effective configuration and where it comes from.
+    Config,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
     },
     /// Stop every distro, flush the data disk and stop the utility VM.
     Shutdown,
@@ -163,6 +182,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter("info")
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .init();
         return match vm::runner::run(args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -175,6 +195,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(if cli.verbose { "debug" } else { "warn" })
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let verbose = cli.verbose;
     let runtime = match tokio::runtime::Runtime::new() {
@@ -258,6 +279,23 @@ async fn agent(
 }
 
 async fn run(cli: Cli) -> Result<i32, AnyError> {
+    match &cli.command {
+        Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
+        Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
+        Command::Config => return status::config().map(|()| 0),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "distroctl", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Unregister { name, yes: false }
+            if !status::confirm(&format!("Delete distro {name} and all its files?"))? =>
+        {
+            eprintln!("Kept {name}");
+            return Ok(1);
+        }
+        _ => {}
+    }
     if matches!(cli.command, Command::Shutdown) && cli.agent_socket.is_none() {
         if !vm::control::shutdown().await? {
             eprintln!("The utility VM is not running");
@@ -345,7 +383,7 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Terminate { name } => {
             simple(Request::Terminate { name }).await?;
         }
-        Command::Unregister { name } => {
+        Command::Unregister { name, .. } => {
             simple(Request::Unregister { name: name.clone() }).await?;
             eprintln!("Unregistered {name}");
         }
@@ -353,6 +391,9 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
             simple(Request::Shutdown).await?;
         }
         Command::VmRun(_) => unreachable!("handled before the runtime starts"),
+        Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(0)
 }

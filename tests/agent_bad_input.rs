@@ -222,7 +222,7 @@ fn unknown_distro_is_a_clear_error() {
         vec!["start", "ghost"],
         vec!["exec", "ghost", "--", "true"],
         vec!["terminate", "ghost"],
-        vec!["unregister", "ghost"],
+        vec!["unregister", "--yes", "ghost"],
         vec!["export", "ghost", "-"],
     ] {
         let out = agent.run(&args);

@@ -175,7 +175,7 @@ fn unregister_deletes_only_that_distro() {
     agent.import_debian("stays");
     agent.ok(&["start", "gone"]);
 
-    agent.ok(&["unregister", "gone"]);
+    agent.ok(&["unregister", "--yes", "gone"]);
 
     assert!(!agent.data().join("distros/gone").exists());
     let list = text(&agent.ok(&["list"]).stdout);

@@ -240,3 +240,47 @@ fn full_data_disk_fails_the_import_and_keeps_other_distros() {
     let free = vm.sh("first", "echo ok");
     assert_eq!(free, "ok\n");
 }
+
+#[test]
+fn status_logs_and_config_describe_the_vm_without_booting_it() {
+    let vm = TestVm::new("");
+
+    let stopped = text(&vm.ok(&["status"]).stdout);
+    assert!(stopped.contains("VM:       stopped"), "{stopped}");
+    assert!(vm.state().is_none(), "status must not boot the VM");
+    let config = text(&vm.ok(&["config"]).stdout);
+    assert!(
+        config.contains("memory = \"1024M\"") && config.contains("cpus = 2"),
+        "{config}"
+    );
+
+    vm.ok(&["list"]);
+    let running = text(&vm.ok(&["status"]).stdout);
+    let logs = text(&vm.ok(&["logs", "-n", "200"]).stdout);
+
+    assert!(running.contains("VM:       running"), "{running}");
+    assert!(running.contains("Backend:  qemu"), "{running}");
+    assert!(running.contains("cloud-amd64"), "{running}");
+    assert!(logs.contains("distroctl-init: agent started"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "no terminal colour codes in logs");
+}
+
+#[test]
+fn unregister_without_a_terminal_needs_yes() {
+    let vm = TestVm::new("");
+    vm.ok(&["import", "keepme", debian_rootfs().to_str().unwrap()]);
+
+    let refused = vm.run(&["unregister", "keepme"]);
+    let listed = text(&vm.ok(&["list"]).stdout);
+    vm.ok(&["unregister", "--yes", "keepme"]);
+    let after = text(&vm.ok(&["list"]).stdout);
+
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("pass --yes"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(listed.contains("keepme"));
+    assert!(!after.contains("keepme"), "{after}");
+}

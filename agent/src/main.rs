@@ -67,7 +67,12 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Inside the VM stderr is the serial console: a terminal, but one
+        // that ends up in a log file, so colours only with a TERM.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("TERM").is_some(),
+        )
         .init();
     if let Err(e) = run(cli) {
         eprintln!("distroctl-agent: {}", agent::error_chain(e.as_ref()));

@@ -1,0 +1,128 @@
+//! `distroctl status`, `logs` and `config`: what is running, what it logged
+//! and which settings are in force — without booting anything.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::{DistroState, Request, Response};
+
+use crate::agent_client::{self, AgentAddr};
+use crate::config::Config;
+use crate::vm::{accel, control, state};
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Prints the VM's state and the distros (asking the agent only when the VM
+/// already runs).
+pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
+    let addr = match agent_socket {
+        Some(path) => {
+            println!("Agent:    {} (direct)", path.display());
+            Some(AgentAddr::Unix(path.clone()))
+        }
+        None => {
+            let paths = control::paths();
+            match state::VmState::read(&paths.state_file()).filter(|_| state::is_running(&paths)) {
+                Some(vm) => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let up = now.saturating_sub(vm.started_at);
+                    println!(
+                        "VM:       running (up {}h {:02}m {:02}s)",
+                        up / 3600,
+                        up / 60 % 60,
+                        up % 60
+                    );
+                    println!("Backend:  {} — {}", vm.backend, vm.reason);
+                    println!("Kernel:   {}", vm.kernel_version);
+                    println!("Memory:   {} MiB, {} CPUs", vm.memory_mib, vm.cpus);
+                    println!("Console:  {}", vm.console_log.display());
+                    Some(control::agent_addr(&paths))
+                }
+                None => {
+                    let accel = accel::choose(&accel::HostFacts::probe());
+                    println!("VM:       stopped (the next command boots it)");
+                    println!("Backend:  qemu — {}", accel.reason);
+                    None
+                }
+            }
+        }
+    };
+    let Some(addr) = addr else { return Ok(()) };
+    let (_, resp) = agent_client::request(&addr, Request::List).await?;
+    if let Response::Distros { distros } = resp {
+        let running = distros
+            .iter()
+            .filter(|d| d.state == DistroState::Running)
+            .count();
+        println!("Distros:  {} installed, {running} running", distros.len());
+        for d in distros {
+            let state = match d.state {
+                DistroState::Running => format!("running, {} processes", d.pids),
+                DistroState::Stopped => "stopped".into(),
+            };
+            println!("  {:<24} {state}", d.name);
+        }
+    }
+    Ok(())
+}
+
+/// Prints the end of the console log and the runner log.
+pub fn logs(lines: usize) -> Result<(), AnyError> {
+    let console = control::console_log_path();
+    let runner = control::paths().runner_log();
+    for (title, path) in [("console", console), ("runner", runner)] {
+        println!("==> {title}: {} <==", path.display());
+        if path.exists() {
+            println!("{}", state::log_tail(&path, lines));
+        } else {
+            println!("(no log yet: the VM has not been started)");
+        }
+    }
+    Ok(())
+}
+
+/// Prints the effective configuration.
+pub fn config() -> Result<(), AnyError> {
+    let path = Config::default_path();
+    let c = Config::load(&path)?;
+    let source = if path.exists() {
+        ""
+    } else {
+        " (not present: defaults)"
+    };
+    println!("# {}{source}", path.display());
+    println!("memory = \"{}M\"", c.memory >> 20);
+    println!("cpus = {}", c.cpus);
+    println!("disk_size = \"{}G\"", c.disk_size >> 30);
+    println!("boot_timeout = \"{}s\"", c.boot_timeout.as_secs());
+    println!(
+        "backend = \"{}\"",
+        format!("{:?}", c.backend).to_lowercase()
+    );
+    match &c.kernel {
+        Some(k) => println!("kernel = \"{}\"", k.display()),
+        None => println!("# kernel: Debian's linux-image-cloud-amd64 (fetched with apt)"),
+    }
+    if let Some(m) = &c.modules {
+        println!("modules = \"{}\"", m.display());
+    }
+    Ok(())
+}
+
+/// Asks a yes/no question on the terminal. Without a terminal there is no
+/// one to ask: that is an error telling the user to pass `--yes`.
+pub fn confirm(question: &str) -> Result<bool, AnyError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            format!("{question} Not confirmed: pass --yes to confirm without a terminal").into(),
+        );
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
