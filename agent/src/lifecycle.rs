@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,10 +274,7 @@ impl Distros {
         let name = name.to_string();
         tokio::spawn(async move {
             let status = child.wait().await;
-            let code = status
-                .as_ref()
-                .ok()
-                .and_then(|s| s.code().or(s.signal().map(|n| 128 + n)));
+            let code = status.ok().map(crate::exec::exit_code);
             tracing::info!(distro = %name, ?code, "distro stopped");
             let mut map = this.running.lock().await;
             if let Some(r) = map.get(&name).filter(|r| r.pid1 == pid1) {

@@ -57,6 +57,21 @@ impl std::str::FromStr for ListenAddr {
     }
 }
 
+/// A bound listening socket of either kind.
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Transport>> {
+        match self {
+            Listener::Unix(l) => Ok(Box::new(l.accept().await?.0)),
+            Listener::Vsock(l) => Ok(Box::new(l.accept().await?.0)),
+        }
+    }
+}
+
 /// A listener could not be set up.
 #[derive(Debug, Error)]
 #[error("could not listen on {addr:?}")]
@@ -90,37 +105,28 @@ impl Agent {
                 addr: addr.clone(),
                 source,
             };
-            match addr {
+            let listener = match addr {
                 ListenAddr::Unix(path) => {
                     let _ = std::fs::remove_file(path);
-                    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-                    let this = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((stream, _)) => this.spawn_connection(Box::new(stream)),
-                                Err(e) => tracing::warn!(error = %e, "accept failed"),
-                            }
-                        }
-                    });
+                    Listener::Unix(tokio::net::UnixListener::bind(path).map_err(err)?)
                 }
-                ListenAddr::Vsock(port) => {
-                    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                ListenAddr::Vsock(port) => Listener::Vsock(
+                    tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
                         tokio_vsock::VMADDR_CID_ANY,
                         *port,
                     ))
-                    .map_err(err)?;
-                    let this = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((stream, _)) => this.spawn_connection(Box::new(stream)),
-                                Err(e) => tracing::warn!(error = %e, "accept failed"),
-                            }
-                        }
-                    });
+                    .map_err(err)?,
+                ),
+            };
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok(stream) => this.spawn_connection(stream),
+                        Err(e) => tracing::warn!(error = %e, "accept failed"),
+                    }
                 }
-            }
+            });
             tracing::info!(?addr, "listening");
         }
         self.shutdown.notified().await;

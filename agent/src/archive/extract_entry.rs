@@ -166,17 +166,7 @@ impl Extractor {
         let (target_dir, target_name) = target.parent_and_name();
         let target_parent = match self.dirs.open(target_dir, false) {
             Ok(fd) => fd.try_clone_to_owned().map_err(dest("open", shown_path))?,
-            Err(WalkError::Io {
-                action,
-                path,
-                source,
-            }) => {
-                return Err(ImportError::Destination {
-                    action,
-                    path: shown(&path),
-                    source,
-                })
-            }
+            Err(err @ WalkError::Io { .. }) => return Err(walk_error(err, shown_path)),
             Err(_) => return Err(bad_target()),
         };
         match dirfd::stat_at(target_parent.as_fd(), target_name) {
@@ -223,17 +213,7 @@ impl Extractor {
                 let (dir, name) = entry_path.parent_and_name();
                 let parent = match self.dirs.open(dir, false) {
                     Ok(parent) => parent,
-                    Err(WalkError::Io {
-                        action,
-                        path,
-                        source,
-                    }) => {
-                        return Err(ImportError::Destination {
-                            action,
-                            path: shown(&path),
-                            source,
-                        })
-                    }
+                    Err(err @ WalkError::Io { .. }) => return Err(walk_error(err, &path)),
                     Err(_) => continue,
                 };
                 match dirfd::open_dir(parent, name) {

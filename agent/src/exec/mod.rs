@@ -312,7 +312,7 @@ fn pid_in_distro(host_pid: i32) -> Option<u32> {
 }
 
 /// The exit status the client reports: the code, or 128+N for signal N.
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status
         .code()
         .or_else(|| status.signal().map(|n| 128 + n))
