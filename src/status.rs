@@ -10,8 +10,7 @@ use protocol::{DistroState, Request, Response};
 use crate::agent_client::{self, AgentAddr};
 use crate::config::Config;
 use crate::vm::{accel, control, state};
-
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
+use crate::AnyError;
 
 /// Prints the VM's state and the distros (asking the agent only when the VM
 /// already runs).

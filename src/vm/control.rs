@@ -131,7 +131,7 @@ pub async fn ensure_running(config: &Config) -> Result<AgentAddr, VmError> {
         .expect("lock task")
         .map_err(runtime_err(&paths.boot_lock()))?;
     if state::is_running(&paths) {
-        wait_for_agent(&paths, config.boot_timeout).await?;
+        wait_for_agent(&paths, config.boot_timeout, || state::is_running(&paths)).await?;
         return Ok(addr);
     }
     boot(&paths, config).await?;
@@ -241,7 +241,10 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
     }
     let started = Instant::now();
     let mut runner = cmd.spawn().map_err(runtime_err(&paths.runner_log()))?;
-    let result = wait_for_agent_or_exit(paths, config.boot_timeout, &mut runner).await;
+    let result = wait_for_agent(paths, config.boot_timeout, || {
+        matches!(runner.try_wait(), Ok(None))
+    })
+    .await;
     match &result {
         Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "agent answered"),
         Err(_) => {
@@ -249,13 +252,7 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
             // its files would claim a VM that no longer exists.
             let _ = runner.kill();
             let _ = runner.wait();
-            for file in [
-                paths.state_file(),
-                paths.vsock_socket(),
-                paths.vhost_socket(),
-            ] {
-                let _ = std::fs::remove_file(file);
-            }
+            paths.remove_runtime_files();
         }
     }
     // Reap the runner when it ends later, without blocking this command.
@@ -265,15 +262,17 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
     result
 }
 
-async fn wait_for_agent_or_exit(
+/// Waits until the agent answers, failing when `alive` says the VM is gone
+/// or `timeout` passes.
+async fn wait_for_agent(
     paths: &VmPaths,
     timeout: Duration,
-    runner: &mut std::process::Child,
+    mut alive: impl FnMut() -> bool,
 ) -> Result<(), VmError> {
     let deadline = Instant::now() + timeout;
     let addr = agent_addr(paths);
     loop {
-        if let Ok(Some(_)) = runner.try_wait() {
+        if !alive() {
             return Err(VmError::BootFailed {
                 log: console_log_path(),
                 tail: format!(
@@ -285,30 +284,6 @@ async fn wait_for_agent_or_exit(
         }
         if paths.vsock_socket().exists() && agent_client::connect(&addr).await.is_ok() {
             return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(VmError::BootTimeout {
-                timeout,
-                log: console_log_path(),
-                tail: state::log_tail(&console_log_path(), 20),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_for_agent(paths: &VmPaths, timeout: Duration) -> Result<(), VmError> {
-    let deadline = Instant::now() + timeout;
-    let addr = agent_addr(paths);
-    loop {
-        if agent_client::connect(&addr).await.is_ok() {
-            return Ok(());
-        }
-        if !state::is_running(paths) {
-            return Err(VmError::BootFailed {
-                log: console_log_path(),
-                tail: state::log_tail(&console_log_path(), 20),
-            });
         }
         if Instant::now() >= deadline {
             return Err(VmError::BootTimeout {

@@ -95,13 +95,7 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         .ok_or_else(|| RunnerError::AlreadyRunning {
             path: paths.vm_lock(),
         })?;
-    for stale in [
-        paths.vsock_socket(),
-        paths.vhost_socket(),
-        paths.state_file(),
-    ] {
-        let _ = std::fs::remove_file(stale);
-    }
+    paths.remove_runtime_files();
 
     // Signals are handled synchronously below; blocking them before any
     // thread starts keeps them off the backend's threads.
@@ -183,13 +177,7 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     };
     tracing::info!(code, "QEMU exited");
     drop(backend);
-    for file in [
-        paths.vsock_socket(),
-        paths.vhost_socket(),
-        paths.state_file(),
-    ] {
-        let _ = std::fs::remove_file(file);
-    }
+    paths.remove_runtime_files();
     Ok(code)
 }
 

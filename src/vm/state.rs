@@ -56,6 +56,14 @@ impl VmPaths {
         self.dir.join("vm.json")
     }
 
+    /// Removes the sockets and `vm.json` of a VM that is gone (or, before
+    /// a boot, of one that died without cleaning up).
+    pub fn remove_runtime_files(&self) {
+        for file in [self.vsock_socket(), self.vhost_socket(), self.state_file()] {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
     /// The runner's own log.
     pub fn runner_log(&self) -> PathBuf {
         self.dir.join("runner.log")
