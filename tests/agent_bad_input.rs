@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::{can_run_agent, text, TestAgent};
+use common::{can_run_agent, text, Cli, TestAgent};
 
 /// One entry of a hand-built archive.
 enum Entry<'a> {

@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::{can_run_agent, text, TestAgent};
+use common::{can_run_agent, text, Cli, TestAgent};
 
 #[test]
 fn exit_codes_are_returned() {
@@ -51,21 +51,7 @@ fn binary_data_round_trips_through_cat() {
     let mut data = vec![0u8; 64 << 20];
     rand::Rng::fill(&mut rand::thread_rng(), &mut data[..]);
 
-    let mut child = agent
-        .cli()
-        .args(["exec", "bytes", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.clone();
-    let writer = std::thread::spawn(move || {
-        stdin.write_all(&input).unwrap();
-        // Dropping stdin sends EOF, which must reach `cat`.
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let out = agent.round_trip_through_cat("bytes", &data);
 
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), data.len());

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{can_run_agent, text, TestAgent};
+use common::{can_run_agent, text, Cli, TestAgent};
 
 fn host_mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{can_run_agent, text, TestAgent};
+use common::{can_run_agent, text, Cli, TestAgent};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ExecRequest, Frame, FrameCodec, Hello, Request, Response, TtyRequest};
 use tokio::net::UnixStream;

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 
 use common::vm::TestVm;
-use common::{debian_rootfs, text};
+use common::{debian_rootfs, text, Cli};
 
 fn host_kernel() -> String {
     nix::sys::utsname::uname()
@@ -71,18 +71,7 @@ fn vm_exec_streams_are_binary_safe() {
     let mut data = vec![0u8; 8 << 20];
     rand::Rng::fill(&mut rand::thread_rng(), &mut data[..]);
 
-    let mut child = vm
-        .cli()
-        .args(["exec", "bytes", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.clone();
-    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let out = vm.round_trip_through_cat("bytes", &data);
 
     assert!(out.status.success());
     assert!(

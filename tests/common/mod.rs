@@ -107,36 +107,6 @@ impl TestAgent {
         self.data().join("distros").join(name).join("rootfs")
     }
 
-    /// A `distroctl` command aimed at this agent.
-    pub fn cli(&self) -> Command {
-        let mut cmd = Command::new(binary("distroctl"));
-        cmd.arg("--agent-socket").arg(&self.socket);
-        cmd
-    }
-
-    /// Runs `distroctl ARGS` and returns its output.
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    /// Runs `distroctl ARGS`, asserting success.
-    pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "distroctl {args:?} failed: {}\nagent log tail:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        out
-    }
-
-    /// Runs a command in `distro` and returns its stdout as text.
-    pub fn sh(&self, distro: &str, script: &str) -> String {
-        let out = self.ok(&["exec", distro, "--", "sh", "-c", script]);
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// Imports the Debian test rootfs as `name`.
     pub fn import_debian(&self, name: &str) {
         self.ok(&["import", name, debian_rootfs().to_str().unwrap()]);
@@ -144,9 +114,20 @@ impl TestAgent {
 
     /// The last lines of the agent's log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        tail(&self.dir.path().join("agent.log"), 30)
+    }
+}
+
+impl Cli for TestAgent {
+    /// A `distroctl` command aimed at this agent.
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(binary("distroctl"));
+        cmd.arg("--agent-socket").arg(&self.socket);
+        cmd
+    }
+
+    fn failure_context(&self) -> String {
+        format!("agent log tail:\n{}", self.log_tail())
     }
 }
 
@@ -164,6 +145,65 @@ impl Drop for TestAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Something `distroctl` commands are aimed at: a host agent or a VM.
+pub trait Cli {
+    /// A `distroctl` command in its environment.
+    fn cli(&self) -> Command;
+
+    /// What to show when a command fails (the end of the relevant log).
+    fn failure_context(&self) -> String;
+
+    /// Runs `distroctl ARGS` and returns its output.
+    fn run(&self, args: &[&str]) -> Output {
+        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `distroctl ARGS`, asserting success.
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "distroctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.failure_context()
+        );
+        out
+    }
+
+    /// Runs a shell script in `distro` and returns its stdout as text.
+    fn sh(&self, distro: &str, script: &str) -> String {
+        let out = self.ok(&["exec", distro, "--", "sh", "-c", script]);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Streams `data` through `cat` in `distro` and returns the output.
+    /// Closing stdin at the end must reach `cat` as end of file.
+    fn round_trip_through_cat(&self, distro: &str, data: &[u8]) -> Output {
+        let mut child = self
+            .cli()
+            .args(["exec", distro, "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = data.to_vec();
+        let writer =
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+}
+
+/// The last `lines` lines of a log file (empty when it is missing).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read(path).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Text of an output stream.

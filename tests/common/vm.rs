@@ -2,11 +2,11 @@
 //! runtime directory, booted by the real `distroctl` under QEMU.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::binary;
+use super::{binary, Cli};
 
 /// VMs run one at a time: two emulated guests on a small host only slow
 /// each other down.
@@ -46,39 +46,6 @@ impl TestVm {
         TestVm { home, _turn: turn }
     }
 
-    /// A `distroctl` command in this VM's environment.
-    pub fn cli(&self) -> Command {
-        let mut cmd = Command::new(binary("distroctl"));
-        let h = self.home.path();
-        cmd.env("HOME", h)
-            .env("XDG_CONFIG_HOME", h.join(".config"))
-            .env("XDG_DATA_HOME", h.join(".local/share"))
-            .env("XDG_RUNTIME_DIR", h.join("run"))
-            .env("XDG_CACHE_HOME", SHARED_CACHE)
-            .env_remove("DISTROCTL_AGENT_SOCKET");
-        cmd
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "distroctl {args:?} failed: {}\nconsole:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.console_tail()
-        );
-        out
-    }
-
-    pub fn sh(&self, distro: &str, script: &str) -> String {
-        let out = self.ok(&["exec", distro, "--", "sh", "-c", script]);
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     pub fn runtime_dir(&self) -> PathBuf {
         self.home.path().join("run/distroctl")
     }
@@ -114,10 +81,26 @@ impl TestVm {
     }
 
     pub fn console_tail(&self) -> String {
-        let log = std::fs::read(self.data_dir().join("console.log")).unwrap_or_default();
-        let log = String::from_utf8_lossy(&log);
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(25)..].join("\n")
+        super::tail(&self.data_dir().join("console.log"), 25)
+    }
+}
+
+impl Cli for TestVm {
+    /// A `distroctl` command in this VM's environment.
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(binary("distroctl"));
+        let h = self.home.path();
+        cmd.env("HOME", h)
+            .env("XDG_CONFIG_HOME", h.join(".config"))
+            .env("XDG_DATA_HOME", h.join(".local/share"))
+            .env("XDG_RUNTIME_DIR", h.join("run"))
+            .env("XDG_CACHE_HOME", SHARED_CACHE)
+            .env_remove("DISTROCTL_AGENT_SOCKET");
+        cmd
+    }
+
+    fn failure_context(&self) -> String {
+        format!("console:\n{}", self.console_tail())
     }
 }
 
