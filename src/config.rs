@@ -63,6 +63,14 @@ pub struct Config {
     /// How long to wait for the agent after starting the VM.
     #[serde(deserialize_with = "duration")]
     pub boot_timeout: Duration,
+    /// How long the VM keeps running with no command and no distro process
+    /// (`60`, `"5m"`); `"never"` keeps it up until `distroctl shutdown`.
+    #[serde(deserialize_with = "optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Distro that `distroctl shell` uses when none is named.
+    pub default_distro: Option<String>,
+    /// Forward ports that distros listen on to the host's localhost.
+    pub port_forwarding: bool,
 }
 
 impl Default for Config {
@@ -76,6 +84,9 @@ impl Default for Config {
             backend: BackendChoice::Auto,
             disk_size: 64 << 30,
             boot_timeout: Duration::from_secs(120),
+            idle_timeout: Some(Duration::from_secs(60)),
+            default_distro: None,
+            port_forwarding: true,
         }
     }
 }
@@ -124,6 +135,42 @@ impl Config {
             return Err("memory must be at least 128M".into());
         }
         Ok(config)
+    }
+
+    /// Sets one top-level key in the file at `path`, keeping the rest of
+    /// the file (comments, order) as it is. The result must still be a
+    /// valid config; the file is replaced atomically.
+    pub fn set_key(path: &Path, key: &str, value: &str) -> Result<(), ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut doc: toml_edit::DocumentMut = text
+            .parse()
+            .map_err(|e: toml_edit::TomlError| invalid(e.message().to_string()))?;
+        doc[key] = toml_edit::value(value);
+        let text = doc.to_string();
+        Self::parse(&text).map_err(invalid)?;
+        let write = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write)?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(write)?;
+        std::fs::rename(&tmp, path).map_err(write)
     }
 
     /// The default location, `$XDG_CONFIG_HOME/distroctl/config.toml`.
@@ -201,6 +248,16 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(Some(Duration::from_secs(n))),
+        NumberOrText::Text(s) if s.trim() == "never" => Ok(None),
+        NumberOrText::Text(s) => parse_duration(&s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\""))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +282,64 @@ mod tests {
         assert_eq!(config.boot_timeout, Duration::from_secs(120));
         assert_eq!(config.kernel, Some(PathBuf::from("/k")));
         assert_eq!(config.backend, BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn idle_timeout_takes_seconds_text_or_never() {
+        assert_eq!(
+            Config::parse("idle_timeout = 30\n").unwrap().idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            Config::parse("idle_timeout = \"5m\"\n")
+                .unwrap()
+                .idle_timeout,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            Config::parse("idle_timeout = \"never\"\n")
+                .unwrap()
+                .idle_timeout,
+            None
+        );
+        assert!(Config::parse("idle_timeout = \"soon\"\n")
+            .unwrap_err()
+            .contains("never"));
+    }
+
+    #[test]
+    fn default_distro_and_port_forwarding_are_read() {
+        let config =
+            Config::parse("default_distro = \"debian\"\nport_forwarding = false\n").unwrap();
+
+        assert_eq!(config.default_distro.as_deref(), Some("debian"));
+        assert!(!config.port_forwarding);
+        assert!(Config::default().port_forwarding);
+    }
+
+    #[test]
+    fn set_key_keeps_comments_and_other_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "# mine\nmemory = \"1G\"\n").unwrap();
+
+        Config::set_key(&path, "default_distro", "debian").unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# mine\nmemory = \"1G\"\n"), "{text}");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.default_distro.as_deref(), Some("debian"));
+        assert_eq!(config.memory, 1 << 30);
+    }
+
+    #[test]
+    fn set_key_refuses_to_write_an_invalid_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "memroy = 1\n").unwrap();
+
+        assert!(Config::set_key(&path, "default_distro", "debian").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "memroy = 1\n");
     }
 
     #[test]

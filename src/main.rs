@@ -2,9 +2,11 @@
 //! isolated environment inside one shared utility VM.
 
 mod agent_client;
+mod commands;
 mod config;
 mod exec;
 mod guest;
+mod manager;
 mod paths;
 mod status;
 mod terminal;
@@ -15,12 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use protocol::{
-    Compression, DistroSettings, DistroState, ExecRequest, Request, Response, TtyRequest,
-};
-
-use crate::agent_client::{AgentAddr, ClientError};
-use crate::config::{BackendChoice, Config};
+use protocol::Compression;
 
 /// Run Linux distributions side by side, like WSL2 on a Linux host.
 #[derive(Debug, Parser)]
@@ -65,16 +62,45 @@ enum Command {
         /// Output file, or `-` for standard output.
         file: PathBuf,
         /// Compression, overriding the extension (none, gzip, xz, zstd).
-        #[arg(long, value_parser = parse_compression)]
+        #[arg(long, value_parser = commands::parse_compression)]
         compress: Option<Compression>,
     },
-    /// List the distros.
+    /// List the distros (`*` marks the default).
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Also show processes, memory, disk use and settings.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Start a distro and return.
     Start {
         /// Distro to start.
         name: String,
+    },
+    /// Make a distro the one `distroctl shell` opens when none is named.
+    SetDefault {
+        /// Distro to make the default.
+        name: String,
+    },
+    /// Change the settings stored with a distro (they apply at its next start).
+    Configure {
+        /// Distro to change.
+        name: String,
+        /// User that exec and shell use when none is given.
+        #[arg(long, value_name = "USER")]
+        default_user: Option<String>,
+        /// Run the distro's own systemd as its PID 1.
+        #[arg(long, value_name = "BOOL")]
+        systemd: Option<bool>,
+        /// Memory limit (e.g. 2G; 0 removes the limit).
+        #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+        memory_max: Option<u64>,
+        /// CPU limit in CPUs (e.g. 1.5; 0 removes the limit).
+        #[arg(long, value_name = "CPUS")]
+        cpu_max: Option<f64>,
+        /// Process limit (0 removes the limit).
+        #[arg(long, value_name = "N")]
+        pids_max: Option<u32>,
     },
     /// Run a command in a distro (starting it if needed).
     #[command(alias = "run")]
@@ -95,8 +121,8 @@ enum Command {
     },
     /// Open an interactive login shell in a distro.
     Shell {
-        /// Distro to enter.
-        name: String,
+        /// Distro to enter (default: the default distro).
+        name: Option<String>,
         #[command(flatten)]
         opts: ExecOpts,
     },
@@ -130,7 +156,10 @@ enum Command {
     },
     /// Stop every distro, flush the data disk and stop the utility VM.
     Shutdown,
-    /// Run the utility VM (started by distroctl itself, detached).
+    /// Run the manager in the foreground (commands start it on demand; it
+    /// owns the utility VM and stops it when idle).
+    Daemon,
+    /// Run the utility VM (started by the manager, detached).
     #[command(hide = true)]
     VmRun(vm::runner::RunnerArgs),
 }
@@ -164,20 +193,22 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_compression(s: &str) -> Result<Compression, String> {
-    match s {
-        "none" => Ok(Compression::None),
-        "gzip" | "gz" => Ok(Compression::Gzip),
-        "xz" => Ok(Compression::Xz),
-        "zstd" | "zst" => Ok(Compression::Zstd),
-        _ => Err(format!(
-            "unknown compression {s:?}: use none, gzip, xz or zstd"
-        )),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Daemon = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(if cli.verbose { "debug" } else { "info" })
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        return match manager::server::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("distroctl daemon: {}", describe(&e, true));
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Command::VmRun(args) = cli.command {
         tracing_subscriber::fmt()
             .with_env_filter("info")
@@ -205,7 +236,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("distroctl: {}", describe(e.as_ref(), verbose));
@@ -220,7 +251,7 @@ fn main() -> ExitCode {
 
 /// The error line: the message and its first cause, or the whole chain
 /// with `-v`.
-fn describe(e: &(dyn std::error::Error + 'static), verbose: bool) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static), verbose: bool) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     let mut causes = 0;
@@ -240,175 +271,3 @@ fn describe(e: &(dyn std::error::Error + 'static), verbose: bool) -> String {
 }
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
-
-fn exec_request(name: String, opts: ExecOpts, argv: Vec<String>, tty: bool) -> ExecRequest {
-    let tty = tty.then(|| {
-        let (rows, cols) = terminal::size();
-        TtyRequest {
-            rows,
-            cols,
-            term: std::env::var("TERM").ok(),
-        }
-    });
-    ExecRequest {
-        distro: name,
-        argv,
-        env: opts.env,
-        cwd: opts.cwd,
-        user: opts.user,
-        tty,
-    }
-}
-
-/// The agent to talk to: the one given on the command line, or the utility
-/// VM's (booting it when needed).
-async fn agent(
-    cli_socket: &Option<PathBuf>,
-    backend: Option<BackendArg>,
-) -> Result<AgentAddr, AnyError> {
-    if let Some(path) = cli_socket {
-        return Ok(AgentAddr::Unix(path.clone()));
-    }
-    let mut config = Config::load(&Config::default_path())?;
-    match backend {
-        Some(BackendArg::Auto) => config.backend = BackendChoice::Auto,
-        Some(BackendArg::Qemu) => config.backend = BackendChoice::Qemu,
-        None => {}
-    }
-    Ok(vm::control::ensure_running(&config).await?)
-}
-
-async fn run(cli: Cli) -> Result<i32, AnyError> {
-    match &cli.command {
-        Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
-        Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
-        Command::Config => return status::config().map(|()| 0),
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "distroctl", &mut std::io::stdout());
-            return Ok(0);
-        }
-        Command::Unregister { name, yes: false }
-            if !status::confirm(&format!("Delete distro {name} and all its files?"))? =>
-        {
-            eprintln!("Kept {name}");
-            return Ok(1);
-        }
-        _ => {}
-    }
-    if matches!(cli.command, Command::Shutdown) && cli.agent_socket.is_none() {
-        if !vm::control::shutdown().await? {
-            eprintln!("The utility VM is not running");
-        }
-        return Ok(0);
-    }
-    let socket = agent(&cli.agent_socket, cli.backend).await?;
-    let simple = |req: Request| {
-        let socket = socket.clone();
-        async move { agent_client::request(&socket, req).await.map(|(_, r)| r) }
-    };
-    match cli.command {
-        Command::Import {
-            name,
-            file,
-            systemd,
-        } => {
-            let settings = DistroSettings {
-                systemd,
-                ..Default::default()
-            };
-            let bytes = transfer::import(&socket, &name, &file, settings).await?;
-            eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
-        }
-        Command::Export {
-            name,
-            file,
-            compress,
-        } => {
-            let compression = compress.unwrap_or_else(|| transfer::compression_for(&file));
-            transfer::export(&socket, &name, &file, compression).await?;
-        }
-        Command::List => {
-            let Response::Distros { distros } = simple(Request::List).await? else {
-                return Err(ClientError::Unexpected("list".into()).into());
-            };
-            if distros.is_empty() {
-                eprintln!("No distros installed. Import one with: distroctl import NAME FILE");
-            } else {
-                println!(
-                    "{:<24} {:<8} {:>5} {:>10} {:>10}",
-                    "NAME", "STATE", "PIDS", "MEMORY", "DISK"
-                );
-                for d in distros {
-                    let state = match d.state {
-                        DistroState::Running => "running",
-                        DistroState::Stopped => "stopped",
-                    };
-                    let mem = d.memory_bytes.map(human).unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<24} {:<8} {:>5} {:>10} {:>10}",
-                        d.name,
-                        state,
-                        d.pids,
-                        mem,
-                        human(d.disk_bytes)
-                    );
-                }
-            }
-        }
-        Command::Start { name } => {
-            if let Response::Started {
-                already_running, ..
-            } = simple(Request::Start { name: name.clone() }).await?
-            {
-                if already_running {
-                    eprintln!("{name} is already running");
-                }
-            }
-        }
-        Command::Exec {
-            name,
-            opts,
-            tty,
-            no_tty,
-            command,
-        } => {
-            let tty = tty || (!no_tty && terminal::is_interactive());
-            return Ok(exec::run(&socket, exec_request(name, opts, command, tty)).await?);
-        }
-        Command::Shell { name, opts } => {
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
-            return Ok(exec::run(&socket, exec_request(name, opts, Vec::new(), tty)).await?);
-        }
-        Command::Terminate { name } => {
-            simple(Request::Terminate { name }).await?;
-        }
-        Command::Unregister { name, .. } => {
-            simple(Request::Unregister { name: name.clone() }).await?;
-            eprintln!("Unregistered {name}");
-        }
-        Command::Shutdown => {
-            simple(Request::Shutdown).await?;
-        }
-        Command::VmRun(_) => unreachable!("handled before the runtime starts"),
-        Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
-            unreachable!("handled before connecting")
-        }
-    }
-    Ok(0)
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}

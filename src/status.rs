@@ -49,6 +49,26 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
             }
         }
     };
+    if agent_socket.is_none() {
+        match crate::manager::client::status().await {
+            Ok(Some(m)) => {
+                let idle = m
+                    .idle_timeout_secs
+                    .map_or("never stops when idle".to_string(), |s| {
+                        format!("stops the VM after {s}s idle")
+                    });
+                println!(
+                    "Manager:  running (pid {}), {} command(s) using the VM, {idle}",
+                    m.pid, m.leases
+                );
+                if let Some(crash) = m.last_crash {
+                    println!("Crash:    {crash}; see `distroctl logs`");
+                }
+            }
+            Ok(None) => println!("Manager:  not running (commands start it)"),
+            Err(e) => println!("Manager:  {}", crate::describe(&e, false)),
+        }
+    }
     let Some(addr) = addr else { return Ok(()) };
     let (_, resp) = agent_client::request(&addr, Request::List).await?;
     if let Response::Distros { distros } = resp {
@@ -72,7 +92,12 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
 pub fn logs(lines: usize) -> Result<(), AnyError> {
     let console = control::console_log_path();
     let runner = control::paths().runner_log();
-    for (title, path) in [("console", console), ("runner", runner)] {
+    let manager = crate::manager::manager_log();
+    for (title, path) in [
+        ("manager", manager),
+        ("console", console),
+        ("runner", runner),
+    ] {
         println!("==> {title}: {} <==", path.display());
         if path.exists() {
             println!("{}", state::log_tail(&path, lines));
@@ -108,6 +133,15 @@ pub fn config() -> Result<(), AnyError> {
     if let Some(m) = &c.modules {
         println!("modules = \"{}\"", m.display());
     }
+    match c.idle_timeout {
+        Some(t) => println!("idle_timeout = \"{}s\"", t.as_secs()),
+        None => println!("idle_timeout = \"never\""),
+    }
+    match &c.default_distro {
+        Some(d) => println!("default_distro = \"{d}\""),
+        None => println!("# default_distro: none yet (the first distro installed becomes it)"),
+    }
+    println!("port_forwarding = {}", c.port_forwarding);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{can_run_agent, text, Cli, TestAgent};
+use common::{can_run_agent, list_row, text, Cli, TestAgent};
 
 fn host_mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
@@ -125,12 +125,7 @@ fn terminate_stops_one_distro_and_keeps_its_files() {
     agent.ok(&["terminate", "stop"]);
 
     let list = text(&agent.ok(&["list"]).stdout);
-    let row = |name: &str| {
-        list.lines()
-            .find(|l| l.starts_with(name))
-            .unwrap()
-            .to_string()
-    };
+    let row = |name: &str| list_row(&list, name).to_string();
     assert!(row("stop").contains("stopped"), "{list}");
     assert!(row("keep").contains("running"), "{list}");
     assert!(agent.sh("keep", "ps -eo args").contains("sleep 4444"));
@@ -156,11 +151,11 @@ fn start_twice_is_a_no_op_and_list_reports_state() {
     let pid1_before = agent.sh("twice", "cat /proc/1/stat | cut -d' ' -f22");
     let second = agent.ok(&["start", "twice"]);
     let pid1_after = agent.sh("twice", "cat /proc/1/stat | cut -d' ' -f22");
-    let list = text(&agent.ok(&["list"]).stdout);
+    let list = text(&agent.ok(&["list", "-v"]).stdout);
 
     assert!(text(&second.stderr).contains("already running"));
     assert_eq!(pid1_before, pid1_after, "PID 1 was restarted");
-    let row = list.lines().find(|l| l.starts_with("twice")).unwrap();
+    let row = list_row(&list, "twice");
     assert!(row.contains("running"), "{list}");
     assert!(row.contains("MiB"), "disk use missing: {list}");
 }
@@ -209,14 +204,14 @@ fn cgroup_v2_groups_count_processes_and_terminate_kills_them() {
     );
     let group = root.join("distroctl/grouped");
     let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
-    let list = text(&agent.ok(&["list"]).stdout);
+    let list = text(&agent.ok(&["list", "-v"]).stdout);
     let ns_root = agent.sh("grouped", "cat /proc/self/cgroup");
 
     assert!(
         procs.lines().count() >= 4,
         "reaper and sleeps in the group: {procs}"
     );
-    let row = list.lines().find(|l| l.starts_with("grouped")).unwrap();
+    let row = list_row(&list, "grouped");
     let pids: u32 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(pids >= 4, "{list}");
     let v2_line = ns_root.lines().find(|l| l.starts_with("0::")).unwrap();

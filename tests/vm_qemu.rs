@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::vm::TestVm;
-use common::{debian_rootfs, text, Cli};
+use common::{debian_rootfs, list_row, text, Cli};
 
 fn host_kernel() -> String {
     nix::sys::utsname::uname()
@@ -35,7 +33,7 @@ fn vm_runs_distros_and_keeps_them_across_shutdown() {
     vm.sh("beta", "setsid sleep 4646 </dev/null >/dev/null 2>&1 &");
     vm.ok(&["terminate", "alpha"]);
     let list = text(&vm.ok(&["list"]).stdout);
-    let row = |n: &str| list.lines().find(|l| l.starts_with(n)).unwrap().to_string();
+    let row = |n: &str| list_row(&list, n).to_string();
     assert!(row("alpha").contains("stopped"), "{list}");
     assert!(row("beta").contains("running"), "{list}");
     assert!(vm.sh("beta", "ps -eo args").contains("sleep 4646"));
@@ -103,17 +101,7 @@ fn synced_file_survives_killing_qemu() {
 fn concurrent_commands_boot_one_vm_and_a_second_runner_is_refused() {
     let vm = TestVm::new("");
 
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            vm.cli()
-                .arg("list")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..4).map(|_| vm.spawn(&["list"])).collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));

@@ -2,9 +2,8 @@
 //! (at most one per user, whatever the number of concurrent commands), wait
 //! for the agent, and shut it down cleanly.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -108,35 +107,8 @@ fn runtime_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     }
 }
 
-fn progress(msg: &str) {
-    if std::io::stderr().is_terminal() {
-        eprintln!("{msg}");
-    }
-    tracing::info!("{msg}");
-}
-
-/// Makes sure the VM runs and its agent answers; returns the agent's
-/// address. Concurrent callers boot one VM between them.
-pub async fn ensure_running(config: &Config) -> Result<AgentAddr, VmError> {
-    let paths = paths();
-    paths.create().map_err(runtime_err(&paths.dir))?;
-    let addr = agent_addr(&paths);
-    if state::is_running(&paths) && agent_client::connect(&addr).await.is_ok() {
-        return Ok(addr);
-    }
-    // One booter at a time: later callers wait here and then find the VM up.
-    let boot_lock_path = paths.boot_lock();
-    let _boot = tokio::task::spawn_blocking(move || state::lock(&boot_lock_path))
-        .await
-        .expect("lock task")
-        .map_err(runtime_err(&paths.boot_lock()))?;
-    if state::is_running(&paths) {
-        wait_for_agent(&paths, config.boot_timeout, || state::is_running(&paths)).await?;
-        return Ok(addr);
-    }
-    boot(&paths, config).await?;
-    Ok(addr)
-}
+/// Reports a boot step to whoever waits for the VM.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 fn guest_binary(name: &str) -> Result<PathBuf, VmError> {
     let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
@@ -156,7 +128,16 @@ fn find_qemu() -> Result<PathBuf, VmError> {
         .ok_or(VmError::QemuMissing)
 }
 
-async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
+/// Boots the VM: fetches the kernel, builds the initramfs, creates the data
+/// disk, starts the detached runner and waits for the agent. Returns the
+/// runner process, which the caller reaps. Only the manager calls this, so
+/// one VM runs per user.
+pub async fn boot(
+    paths: &VmPaths,
+    config: &Config,
+    progress: Progress<'_>,
+) -> Result<Child, VmError> {
+    paths.create().map_err(runtime_err(&paths.dir))?;
     let (BackendChoice::Auto | BackendChoice::Qemu) = config.backend;
     let qemu = find_qemu()?;
     let accel = accel::choose(&HostFacts::probe());
@@ -167,6 +148,12 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
         modules: config.modules.clone(),
     };
     let cache = crate::paths::cache_dir();
+    let kernels = cache.join("kernels");
+    if config.kernel.is_none()
+        && std::fs::read_dir(&kernels).map_or(true, |mut d| d.next().is_none())
+    {
+        progress("Fetching the guest kernel with apt (first start only)");
+    }
     let (kernel, initrd) = tokio::task::spawn_blocking(move || {
         let kernel = kernel::resolve(&spec, &cache).map_err(VmError::Kernel)?;
         let initrd = initramfs::build(&init_bin, &agent_bin, &kernel, &cache.join("initramfs"))
@@ -255,11 +242,7 @@ async fn boot(paths: &VmPaths, config: &Config) -> Result<(), VmError> {
             paths.remove_runtime_files();
         }
     }
-    // Reap the runner when it ends later, without blocking this command.
-    std::thread::spawn(move || {
-        let _ = runner.wait();
-    });
-    result
+    result.map(|()| runner)
 }
 
 /// Waits until the agent answers, failing when `alive` says the VM is gone

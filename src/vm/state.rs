@@ -35,12 +35,6 @@ impl VmPaths {
         self.dir.join("vm.lock")
     }
 
-    /// Held by a CLI while it boots the VM, so concurrent commands wait for
-    /// one boot instead of starting two.
-    pub fn boot_lock(&self) -> PathBuf {
-        self.dir.join("boot.lock")
-    }
-
     /// Hybrid vsock socket: `CONNECT <port>\n` reaches a guest port.
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")
@@ -129,11 +123,6 @@ pub fn try_lock(path: &Path) -> io::Result<Option<Flock<File>>> {
         Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(e.into()),
     }
-}
-
-/// Takes the exclusive lock on `path`, waiting for it (blocking call).
-pub fn lock(path: &Path) -> io::Result<Flock<File>> {
-    Flock::lock(open_lock(path)?, FlockArg::LockExclusive).map_err(|(_, e)| e.into())
 }
 
 /// True while a runner holds the VM lock.

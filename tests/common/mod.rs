@@ -160,6 +160,17 @@ pub trait Cli {
         self.cli().args(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Starts `distroctl ARGS` in the background with its output captured.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cli()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `distroctl ARGS`, asserting success.
     fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
@@ -204,6 +215,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let log = String::from_utf8_lossy(&log);
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The row of `distroctl list` for `name`, without the default marker.
+pub fn list_row<'a>(list: &'a str, name: &str) -> &'a str {
+    list.lines()
+        .filter_map(|l| l.get(2..))
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not listed:\n{list}"))
 }
 
 /// Text of an output stream.

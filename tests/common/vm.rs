@@ -80,6 +80,31 @@ impl TestVm {
         false
     }
 
+    /// PID of this VM's manager, while one runs.
+    pub fn manager_pid(&self) -> Option<i32> {
+        let dir = self.runtime_dir();
+        if !dir.join("manager.sock").exists() {
+            return None;
+        }
+        std::fs::read_to_string(dir.join("manager.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the manager has exited.
+    pub fn wait_manager_gone(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if !self.runtime_dir().join("manager.sock").exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn console_tail(&self) -> String {
         super::tail(&self.data_dir().join("console.log"), 25)
     }
@@ -107,8 +132,10 @@ impl Cli for TestVm {
 impl Drop for TestVm {
     fn drop(&mut self) {
         let _ = self.run(&["shutdown"]);
-        if !self.wait_stopped() {
-            for pid in [self.qemu_pid(), self.runner_pid()].into_iter().flatten() {
+        let stopped = self.wait_stopped() && self.wait_manager_gone();
+        if !stopped {
+            let pids = [self.qemu_pid(), self.runner_pid(), self.manager_pid()];
+            for pid in pids.into_iter().flatten() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

@@ -1,0 +1,348 @@
+//! What each command does once its arguments are parsed.
+
+use std::path::PathBuf;
+
+use protocol::{
+    Compression, DistroInfo, DistroSettings, DistroState, ExecRequest, Request, Response,
+    TtyRequest,
+};
+
+use crate::agent_client::{self, AgentAddr, ClientError};
+use crate::config::Config;
+use crate::manager::client::{self as manager, Lease};
+use crate::{exec, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts};
+
+/// The agent a command talks to, and the lease that keeps its VM up.
+struct Session {
+    addr: AgentAddr,
+    lease: Option<Lease>,
+}
+
+impl Session {
+    /// The agent given with `--agent-socket`, or the utility VM's, leased
+    /// from the manager (which boots the VM when needed).
+    async fn open(
+        cli_socket: &Option<PathBuf>,
+        backend: Option<BackendArg>,
+    ) -> Result<Session, AnyError> {
+        if let Some(path) = cli_socket {
+            return Ok(Session {
+                addr: AgentAddr::Unix(path.clone()),
+                lease: None,
+            });
+        }
+        // Check the config here too, so a mistake is reported before any
+        // manager or VM is started.
+        Config::load(&Config::default_path())?;
+        let backend = backend.map(|b| match b {
+            BackendArg::Auto => "auto",
+            BackendArg::Qemu => "qemu",
+        });
+        let (addr, lease) = manager::acquire(backend).await?;
+        Ok(Session {
+            addr,
+            lease: Some(lease),
+        })
+    }
+
+    async fn request(&self, req: Request) -> Result<Response, ClientError> {
+        agent_client::request(&self.addr, req).await.map(|(_, r)| r)
+    }
+
+    async fn distros(&self) -> Result<Vec<DistroInfo>, ClientError> {
+        match self.request(Request::List).await? {
+            Response::Distros { distros } => Ok(distros),
+            _ => Err(ClientError::Unexpected("list".into())),
+        }
+    }
+
+    /// Runs a process; tells the user when the VM went away under it.
+    async fn exec(&self, req: ExecRequest) -> Result<i32, AnyError> {
+        let result = exec::run(&self.addr, req).await;
+        if let (Err(_), Some(lease)) = (&result, &self.lease) {
+            // A VM that died under the command is noticed by the manager
+            // within a second; wait for its word before blaming the agent.
+            for _ in 0..20 {
+                if lease.stop_reason().is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        if let Some(reason) = self.lease.as_ref().and_then(Lease::stop_reason) {
+            eprintln!("distroctl: {reason}; the session ended");
+            return Ok(result.unwrap_or(1));
+        }
+        Ok(result?)
+    }
+}
+
+/// Runs one command; returns its exit status.
+pub async fn run(cli: Cli) -> Result<i32, AnyError> {
+    match &cli.command {
+        Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
+        Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
+        Command::Config => return status::config().map(|()| 0),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "distroctl", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Unregister { name, yes: false }
+            if !status::confirm(&format!("Delete distro {name} and all its files?"))? =>
+        {
+            eprintln!("Kept {name}");
+            return Ok(1);
+        }
+        Command::Shutdown if cli.agent_socket.is_none() => {
+            if !manager::shutdown().await? {
+                eprintln!("The utility VM is not running");
+            }
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let config = Config::load(&Config::default_path())?;
+    // `shell` without a name needs the default before anything starts.
+    let shell_target = match &cli.command {
+        Command::Shell { name, .. } => Some(default_or(name.clone(), &config)?),
+        _ => None,
+    };
+    let session = Session::open(&cli.agent_socket, cli.backend).await?;
+    match cli.command {
+        Command::Import {
+            name,
+            file,
+            systemd,
+        } => {
+            let settings = DistroSettings {
+                systemd,
+                ..Default::default()
+            };
+            let bytes = transfer::import(&session.addr, &name, &file, settings).await?;
+            eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
+            if session.lease.is_some() {
+                adopt_as_default(&name, &config)?;
+            }
+        }
+        Command::Export {
+            name,
+            file,
+            compress,
+        } => {
+            let compression = compress.unwrap_or_else(|| transfer::compression_for(&file));
+            transfer::export(&session.addr, &name, &file, compression).await?;
+        }
+        Command::List { verbose } => print_list(&session.distros().await?, &config, verbose),
+        Command::Start { name } => {
+            if let Response::Started {
+                already_running, ..
+            } = session
+                .request(Request::Start { name: name.clone() })
+                .await?
+            {
+                if already_running {
+                    eprintln!("{name} is already running");
+                }
+            }
+        }
+        Command::SetDefault { name } => {
+            if !session.distros().await?.iter().any(|d| d.name == name) {
+                return Err(format!(
+                    "no distro named {name}; `distroctl list` shows the installed ones"
+                )
+                .into());
+            }
+            Config::set_key(&Config::default_path(), "default_distro", &name)?;
+            eprintln!("{name} is now the default distro");
+        }
+        Command::Configure {
+            name,
+            default_user,
+            systemd,
+            memory_max,
+            cpu_max,
+            pids_max,
+        } => {
+            let distros = session.distros().await?;
+            let Some(current) = distros.iter().find(|d| d.name == name) else {
+                return Err(format!(
+                    "no distro named {name}; `distroctl list` shows the installed ones"
+                )
+                .into());
+            };
+            let mut settings = current.settings.clone();
+            if let Some(user) = default_user {
+                settings.default_user = Some(user).filter(|u| !u.is_empty());
+            }
+            if let Some(systemd) = systemd {
+                settings.systemd = systemd;
+            }
+            if let Some(bytes) = memory_max {
+                settings.limits.memory_bytes = Some(bytes).filter(|b| *b > 0);
+            }
+            if let Some(cpus) = cpu_max {
+                if !(0.0..=4096.0).contains(&cpus) {
+                    return Err(format!("--cpu-max {cpus} is out of range: use 0 to 4096").into());
+                }
+                settings.limits.cpu_millis =
+                    Some((cpus * 1000.0).round() as u32).filter(|m| *m > 0);
+            }
+            if let Some(pids) = pids_max {
+                settings.limits.pids = Some(pids).filter(|p| *p > 0);
+            }
+            session
+                .request(Request::Configure {
+                    name: name.clone(),
+                    settings,
+                })
+                .await?;
+            if current.state == DistroState::Running {
+                eprintln!("Saved; the settings apply when {name} next starts (`distroctl terminate {name}` first)");
+            }
+        }
+        Command::Exec {
+            name,
+            opts,
+            tty,
+            no_tty,
+            command,
+        } => {
+            let tty = tty || (!no_tty && terminal::is_interactive());
+            return session.exec(exec_request(name, opts, command, tty)).await;
+        }
+        Command::Shell { opts, .. } => {
+            let name = shell_target.expect("resolved above");
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+            return session
+                .exec(exec_request(name, opts, Vec::new(), tty))
+                .await;
+        }
+        Command::Terminate { name } => {
+            session.request(Request::Terminate { name }).await?;
+        }
+        Command::Unregister { name, .. } => {
+            session
+                .request(Request::Unregister { name: name.clone() })
+                .await?;
+            eprintln!("Unregistered {name}");
+        }
+        Command::Shutdown => {
+            session.request(Request::Shutdown).await?;
+        }
+        Command::Daemon | Command::VmRun(_) => unreachable!("handled before the runtime starts"),
+        Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
+            unreachable!("handled before connecting")
+        }
+    }
+    Ok(0)
+}
+
+/// The named distro, or the configured default.
+fn default_or(name: Option<String>, config: &Config) -> Result<String, AnyError> {
+    name.or_else(|| config.default_distro.clone()).ok_or_else(|| {
+        "no distro named and no default distro: name one (`distroctl shell NAME`) or set one with `distroctl set-default NAME`".into()
+    })
+}
+
+/// The first distro a user adds becomes the default, as in WSL.
+fn adopt_as_default(name: &str, config: &Config) -> Result<(), AnyError> {
+    if config.default_distro.is_none() {
+        Config::set_key(&Config::default_path(), "default_distro", name)?;
+        eprintln!("{name} is the default distro (`distroctl shell` opens it)");
+    }
+    Ok(())
+}
+
+fn print_list(distros: &[DistroInfo], config: &Config, verbose: bool) {
+    if distros.is_empty() {
+        eprintln!("No distros installed. Import one with: distroctl import NAME FILE");
+        return;
+    }
+    let default = config.default_distro.as_deref();
+    if verbose {
+        println!(
+            "  {:<24} {:<8} {:>5} {:>10} {:>10} {:<10} INIT",
+            "NAME", "STATE", "PIDS", "MEMORY", "DISK", "USER"
+        );
+    } else {
+        println!("  {:<24} STATE", "NAME");
+    }
+    for d in distros {
+        let marker = if Some(d.name.as_str()) == default {
+            '*'
+        } else {
+            ' '
+        };
+        let state = match d.state {
+            DistroState::Running => "running",
+            DistroState::Stopped => "stopped",
+        };
+        if !verbose {
+            println!("{marker} {:<24} {state}", d.name);
+            continue;
+        }
+        let mem = d.memory_bytes.map(human).unwrap_or_else(|| "-".into());
+        println!(
+            "{marker} {:<24} {:<8} {:>5} {:>10} {:>10} {:<10} {}",
+            d.name,
+            state,
+            d.pids,
+            mem,
+            human(d.disk_bytes),
+            d.settings.default_user.as_deref().unwrap_or("root"),
+            if d.settings.systemd {
+                "systemd"
+            } else {
+                "reaper"
+            }
+        );
+    }
+}
+
+fn exec_request(name: String, opts: ExecOpts, argv: Vec<String>, tty: bool) -> ExecRequest {
+    let tty = tty.then(|| {
+        let (rows, cols) = terminal::size();
+        TtyRequest {
+            rows,
+            cols,
+            term: std::env::var("TERM").ok(),
+        }
+    });
+    ExecRequest {
+        distro: name,
+        argv,
+        env: opts.env,
+        cwd: opts.cwd,
+        user: opts.user,
+        tty,
+    }
+}
+
+/// Parses `--compress`.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s {
+        "none" => Ok(Compression::None),
+        "gzip" | "gz" => Ok(Compression::Gzip),
+        "xz" => Ok(Compression::Xz),
+        "zstd" | "zst" => Ok(Compression::Zstd),
+        _ => Err(format!(
+            "unknown compression {s:?}: use none, gzip, xz or zstd"
+        )),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
