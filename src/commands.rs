@@ -119,7 +119,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                 systemd,
                 ..Default::default()
             };
-            let bytes = transfer::import(&session.addr, &name, &file, settings).await?;
+            let bytes = transfer::import(&session.addr, &name, &file, settings, None).await?;
             eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
             if session.lease.is_some() {
                 adopt_as_default(&name, &config)?;
@@ -153,7 +153,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                 )
                 .into());
             }
-            Config::set_key(&Config::default_path(), "default_distro", &name)?;
+            Config::set_key(&Config::default_path(), "default_distro", Some(&name))?;
             eprintln!("{name} is now the default distro");
         }
         Command::Configure {
@@ -248,7 +248,7 @@ fn default_or(name: Option<String>, config: &Config) -> Result<String, AnyError>
 /// The first distro a user adds becomes the default, as in WSL.
 fn adopt_as_default(name: &str, config: &Config) -> Result<(), AnyError> {
     if config.default_distro.is_none() {
-        Config::set_key(&Config::default_path(), "default_distro", name)?;
+        Config::set_key(&Config::default_path(), "default_distro", Some(name))?;
         eprintln!("{name} is the default distro (`distroctl shell` opens it)");
     }
     Ok(())

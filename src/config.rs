@@ -137,10 +137,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Sets one top-level key in the file at `path`, keeping the rest of
-    /// the file (comments, order) as it is. The result must still be a
-    /// valid config; the file is replaced atomically.
-    pub fn set_key(path: &Path, key: &str, value: &str) -> Result<(), ConfigError> {
+    /// Sets one top-level key in the file at `path` (or removes it, with
+    /// `None`), keeping the rest of the file (comments, order) as it is.
+    /// The result must still be a valid config; the file is replaced
+    /// atomically.
+    pub fn set_key(path: &Path, key: &str, value: Option<&str>) -> Result<(), ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -158,7 +159,12 @@ impl Config {
         let mut doc: toml_edit::DocumentMut = text
             .parse()
             .map_err(|e: toml_edit::TomlError| invalid(e.message().to_string()))?;
-        doc[key] = toml_edit::value(value);
+        match value {
+            Some(value) => doc[key] = toml_edit::value(value),
+            None => {
+                doc.remove(key);
+            }
+        }
         let text = doc.to_string();
         Self::parse(&text).map_err(invalid)?;
         let write = |source| ConfigError::Read {
@@ -323,13 +329,19 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, "# mine\nmemory = \"1G\"\n").unwrap();
 
-        Config::set_key(&path, "default_distro", "debian").unwrap();
+        Config::set_key(&path, "default_distro", Some("debian")).unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# mine\nmemory = \"1G\"\n"), "{text}");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.default_distro.as_deref(), Some("debian"));
         assert_eq!(config.memory, 1 << 30);
+
+        Config::set_key(&path, "default_distro", None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# mine\nmemory = \"1G\"\n"
+        );
     }
 
     #[test]
@@ -338,7 +350,7 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, "memroy = 1\n").unwrap();
 
-        assert!(Config::set_key(&path, "default_distro", "debian").is_err());
+        assert!(Config::set_key(&path, "default_distro", Some("debian")).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "memroy = 1\n");
     }
 

@@ -99,6 +99,7 @@ pub async fn import(
     name: &str,
     file: &Path,
     settings: DistroSettings,
+    top_dir: Option<String>,
 ) -> Result<u64, TransferError> {
     let (input, total): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if file == Path::new("-")
     {
@@ -119,6 +120,7 @@ pub async fn import(
         Request::Import {
             name: name.to_string(),
             settings,
+            top_dir,
         },
     )
     .await?;

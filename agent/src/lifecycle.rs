@@ -72,6 +72,7 @@ pub fn store_error_response(e: &StoreError) -> Response {
         StoreError::InvalidName(_) => ErrorKind::InvalidName,
         StoreError::NotFound(_) => ErrorKind::NotFound,
         StoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+        StoreError::MissingTopDir(_) => ErrorKind::InvalidArchive,
         StoreError::Io { .. } | StoreError::BadSettings { .. } => ErrorKind::Internal,
     };
     Response::error(kind, crate::error_chain(e))

@@ -205,9 +205,11 @@ impl Agent {
         let distros = Arc::clone(&self.distros);
         let response = match request {
             Request::Exec(req) => return crate::exec::serve(conn, req, distros).await,
-            Request::Import { name, settings } => {
-                return crate::transfer::import(conn, name, settings, distros).await
-            }
+            Request::Import {
+                name,
+                settings,
+                top_dir,
+            } => return crate::transfer::import(conn, name, settings, top_dir, distros).await,
             Request::Export { name, compression } => {
                 return crate::transfer::export(conn, name, compression, distros).await
             }

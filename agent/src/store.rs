@@ -36,6 +36,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The archive lacks the top directory its root file system should be in.
+    #[error("the archive has no top directory {0:?} holding the root file system")]
+    MissingTopDir(String),
     /// The stored settings file cannot be read.
     #[error("settings of distro {name} in {} are damaged", path.display())]
     BadSettings {
@@ -105,6 +108,26 @@ impl Staging {
     /// Directory to extract the root file system into.
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
+    }
+
+    /// Makes the extracted `top_dir` (one directory name, e.g. Arch's
+    /// `root.x86_64`) the root file system, dropping whatever else the
+    /// archive held beside it.
+    pub fn lift(&self, top_dir: &str) -> Result<(), StoreError> {
+        let plain =
+            !top_dir.is_empty() && top_dir != "." && top_dir != ".." && !top_dir.contains('/');
+        let inner = self.rootfs().join(top_dir);
+        let is_dir = plain
+            && fs::symlink_metadata(&inner)
+                .map(|m| m.file_type().is_dir())
+                .unwrap_or(false);
+        if !is_dir {
+            return Err(StoreError::MissingTopDir(top_dir.to_string()));
+        }
+        let archive = self.dir.join("archive");
+        fs::rename(self.rootfs(), &archive).map_err(io_err("rename", &archive))?;
+        fs::rename(archive.join(top_dir), self.rootfs()).map_err(io_err("rename", &archive))?;
+        fs::remove_dir_all(&archive).map_err(io_err("remove", &archive))
     }
 
     /// Moves the staged distro into place.
@@ -363,6 +386,43 @@ mod tests {
 
         assert!(store.names().unwrap().is_empty());
         assert_eq!(fs::read_dir(tmp.path().join("distros")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn lift_makes_the_top_dir_the_root_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let staging = store
+            .begin_import("arch", &DistroSettings::default())
+            .unwrap();
+        fs::create_dir_all(staging.rootfs().join("root.x86_64/etc")).unwrap();
+        fs::write(staging.rootfs().join("root.x86_64/etc/os-release"), b"arch").unwrap();
+        fs::write(staging.rootfs().join("version"), b"stray").unwrap();
+
+        staging.lift("root.x86_64").unwrap();
+        staging.commit().unwrap();
+
+        let root = store.rootfs("arch").unwrap();
+        assert_eq!(fs::read(root.join("etc/os-release")).unwrap(), b"arch");
+        assert!(!root.join("version").exists());
+        assert!(!root.join("root.x86_64").exists());
+    }
+
+    #[test]
+    fn lift_refuses_a_missing_symlinked_or_nested_top_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let staging = store.begin_import("x", &DistroSettings::default()).unwrap();
+        fs::create_dir_all(staging.rootfs().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/", staging.rootfs().join("link")).unwrap();
+
+        for bad in ["missing", "link", "a/b", "..", ""] {
+            assert!(
+                matches!(staging.lift(bad), Err(StoreError::MissingTopDir(_))),
+                "{bad}"
+            );
+        }
+        assert!(staging.rootfs().join("a/b").is_dir(), "nothing moved");
     }
 
     #[test]

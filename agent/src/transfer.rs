@@ -46,6 +46,7 @@ pub async fn import(
     mut conn: Connection,
     name: String,
     settings: DistroSettings,
+    top_dir: Option<String>,
     distros: Arc<Distros>,
 ) {
     let _reservation = match distros.reserve_import(&name).await {
@@ -103,15 +104,24 @@ pub async fn import(
             "extraction thread failed: {e}"
         ))))
     });
-    let response = match result {
-        Ok(bytes) => match staging.commit() {
+    let lifted = match (&result, &top_dir) {
+        (Ok(_), Some(dir)) => staging.lift(dir),
+        _ => Ok(()),
+    };
+    let response = match (result, lifted) {
+        (Ok(_), Err(e)) => {
+            tracing::warn!(distro = %name, error = %crate::error_chain(&e), "import failed");
+            drop(staging);
+            store_error_response(&e)
+        }
+        (Ok(bytes), Ok(())) => match staging.commit() {
             Ok(()) => {
                 tracing::info!(distro = %name, bytes, "imported");
                 Response::Imported { bytes }
             }
             Err(e) => store_error_response(&e),
         },
-        Err(e) => {
+        (Err(e), _) => {
             tracing::warn!(distro = %name, error = %crate::error_chain(&e), "import failed");
             // Dropping the staging directory removes everything extracted.
             drop(staging);

@@ -132,6 +132,10 @@ pub enum Request {
         /// Settings stored with it.
         #[serde(default)]
         settings: DistroSettings,
+        /// A directory at the top of the archive that holds the root file
+        /// system (e.g. `root.x86_64`); everything else is dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top_dir: Option<String>,
     },
     /// Export a distro: the agent answers `Ready`, then sends the tar stream
     /// in `Data` frames and ends with `DataEnd` (or an error response).
