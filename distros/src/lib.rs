@@ -1,2 +1,2 @@
-//! The distro catalog: where each distribution's root filesystem comes from.
-//! The catalog files and download code arrive with the complete CLI.
+//! The distro catalog and root filesystem acquisition.
+pub mod catalog;
