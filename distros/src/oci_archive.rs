@@ -230,103 +230,25 @@ fn copy_layer(archive: &CachedFile, digest: &str, dir: &Path) -> Result<CachedFi
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// Builds an OCI archive (plain tar) holding one gzip layer with `rootfs_file`.
-    pub(crate) fn oci_archive_bytes(rootfs_file: &[u8]) -> (Vec<u8>, String) {
-        let mut layer_tar = tar::Builder::new(Vec::new());
-        append(&mut layer_tar, "etc/os-release", rootfs_file);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&layer_tar.into_inner().unwrap()).unwrap();
-        let layer = gz.finish().unwrap();
-        let layer_digest = format!("sha256:{}", download::sha256_hex(&layer));
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{}}}]}}"#,
-            layer.len()
-        );
-        let manifest_digest = format!("sha256:{}", download::sha256_hex(manifest.as_bytes()));
-        let index =
-            format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest_digest}"}}]}}"#);
+    #[test]
+    fn blob_path_accepts_only_sha256_digests() {
+        let hex = "ab".repeat(32);
 
-        let mut archive = tar::Builder::new(Vec::new());
-        append(
-            &mut archive,
-            "oci-layout",
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        assert_eq!(
+            blob_path(&format!("sha256:{hex}")).unwrap(),
+            format!("blobs/sha256/{hex}")
         );
-        append(&mut archive, &blob_path(&layer_digest).unwrap(), &layer);
-        append(
-            &mut archive,
-            &blob_path(&manifest_digest).unwrap(),
-            manifest.as_bytes(),
-        );
-        append(&mut archive, "index.json", index.as_bytes());
-        (archive.into_inner().unwrap(), layer_digest)
-    }
-
-    fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, data).unwrap();
-    }
-
-    fn cached_archive(dir: &Path, bytes: &[u8]) -> CachedFile {
-        let sha256 = download::sha256_hex(bytes);
-        let path = dir.join(format!("{sha256}.tar"));
-        fs::write(&path, bytes).unwrap();
-        CachedFile {
-            path,
-            sha256,
-            compression: Compression::None,
-        }
+        assert!(blob_path("sha512:abcd").is_err());
+        assert!(blob_path("sha256:../../etc/passwd").is_err());
     }
 
     #[test]
-    fn extract_layer_gives_verified_gzip_layer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bytes, layer_digest) = oci_archive_bytes(b"ID=fedora\n");
-        let archive = cached_archive(dir.path(), &bytes);
+    fn check_digest_names_both_digests_on_mismatch() {
+        let err = check_digest(&format!("sha256:{}", "00".repeat(32)), b"x").unwrap_err();
 
-        let layer = extract_layer(&archive, dir.path()).unwrap();
-
-        assert_eq!(layer.compression, Compression::Gzip);
-        assert_eq!(format!("sha256:{}", layer.sha256), layer_digest);
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
-            File::open(&layer.path).unwrap(),
-        ));
-        let names: Vec<String> = tar
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
-        assert_eq!(names, ["etc/os-release"]);
-    }
-
-    #[test]
-    fn extract_layer_reuses_the_cached_layer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bytes, _) = oci_archive_bytes(b"ID=fedora\n");
-        let archive = cached_archive(dir.path(), &bytes);
-        let first = extract_layer(&archive, dir.path()).unwrap();
-        fs::write(&archive.path, b"no longer an archive").unwrap();
-
-        let second = extract_layer(&archive, dir.path()).unwrap();
-
-        assert_eq!(first, second);
-    }
-
-    #[test]
-    fn extract_layer_rejects_archive_without_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut builder = tar::Builder::new(Vec::new());
-        append(&mut builder, "oci-layout", b"{}");
-        let archive = cached_archive(dir.path(), &builder.into_inner().unwrap());
-
-        let err = extract_layer(&archive, dir.path()).unwrap_err().to_string();
-
-        assert!(err.contains("index.json is missing"), "{err}");
+        assert!(err.contains(&download::sha256_hex(b"x")), "{err}");
     }
 }
