@@ -6,11 +6,13 @@
 //!   `<sha256>.partial` while a transfer is under way or interrupted;
 //! - `downloads/<sha256>.oci-layer`: which layer an OCI archive holds;
 //! - `checksums/<key>`: SHA-256s read from published checksum lists;
-//! - `mmdebstrap/<recipe hash>.tar`: tarballs built by mmdebstrap.
+//! - `mmdebstrap/<recipe hash>.tar`: tarballs built by mmdebstrap;
+//! - `locks/<entry>.lock`: held while one process fills an entry.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::cache_lock::CacheLock;
 use crate::catalog::{Checksum, Release, Source, TarballLayout, TarballSource};
 use crate::checksum_list;
 use crate::compression::Compression;
@@ -109,6 +111,7 @@ pub fn acquire(
     match release.source() {
         Source::Tarball(tarball) => acquire_tarball(&what, tarball, cache_dir, options),
         Source::Mmdebstrap(recipe) => {
+            let _lock = lock_entry(cache_dir, &mmdebstrap::recipe_key(recipe))?;
             let built = mmdebstrap::build(
                 recipe,
                 &cache_dir.join("mmdebstrap"),
@@ -132,6 +135,11 @@ pub fn acquire_url(
 ) -> Result<RootfsTarball, AcquireError> {
     let expected = expected_sha256.map(normalise_sha256).transpose()?;
     let downloads = cache_dir.join("downloads");
+    let entry = match &expected {
+        Some(sha256) => sha256.clone(),
+        None => format!("url-{}", download::sha256_hex(url.as_bytes())),
+    };
+    let _lock = lock_entry(cache_dir, &entry)?;
     if options.refresh {
         if let Some(sha256) = &expected {
             forget_download(&downloads, sha256)?;
@@ -164,6 +172,7 @@ fn acquire_tarball(
         }
     };
     let downloads = cache_dir.join("downloads");
+    let _lock = lock_entry(cache_dir, &sha256)?;
     if options.refresh {
         forget_download(&downloads, &sha256)?;
     }
@@ -227,6 +236,19 @@ fn listed_sha256(
         }
     })?;
     Ok(sha256)
+}
+
+/// Waits until no other process is filling cache entry `entry`, then
+/// keeps others out until the returned lock is dropped.
+fn lock_entry(cache_dir: &Path, entry: &str) -> Result<CacheLock, AcquireError> {
+    let dir = cache_dir.join("locks");
+    let cache_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AcquireError::Cache { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(cache_error(&dir))?;
+    let path = dir.join(format!("{entry}.lock"));
+    CacheLock::acquire(&path).map_err(cache_error(&path))
 }
 
 /// Removes the cached download with checksum `sha256`, so it is fetched again.

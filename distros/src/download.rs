@@ -150,7 +150,9 @@ impl Fetcher {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_recv_body(Some(Duration::from_secs(60)))
+            // Per read, not per body: a large download on a slow link is fine,
+            // a connection that stops delivering is not.
+            .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("distroctl/", env!("CARGO_PKG_VERSION")))
             .build();
         Fetcher {

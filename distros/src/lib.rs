@@ -50,6 +50,7 @@
 //! message says what failed and the cause is in `source()`.
 
 mod acquire;
+mod cache_lock;
 pub mod catalog;
 mod checksum_list;
 mod compression;

@@ -466,3 +466,17 @@ fn refresh_downloads_a_cached_release_again() {
     assert_eq!(fs::read(&tarball.path).unwrap(), body);
     assert_eq!(server.requests().len(), 2);
 }
+
+#[test]
+fn concurrent_acquires_of_one_tarball_download_it_once() {
+    let f = Fixture::new(&[], true);
+
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| f.fetch(Some(&f.sha)));
+        let second = scope.spawn(|| f.fetch(Some(&f.sha)));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+
+    assert_eq!(first.unwrap(), second.unwrap());
+    assert_eq!(f.server.requests().len(), 1);
+}
