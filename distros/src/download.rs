@@ -320,7 +320,8 @@ impl Fetcher {
             }
         }
         let resumed = have > 0;
-        let mut progress = TransferProgress::start(self.progress, url, total, have);
+        let file_name = url.rsplit('/').find(|part| !part.is_empty()).unwrap_or(url);
+        let mut progress = TransferProgress::start(self.progress, file_name, total, have);
         let mut body = response.into_body().into_reader();
         let mut buffer = vec![0u8; 256 * 1024];
         loop {
