@@ -1,0 +1,152 @@
+//! Building a Debian root filesystem with the real mmdebstrap. Runs only
+//! where mmdebstrap is installed and the host's apt mirror answers; it says
+//! why when it skips. The build is cached per day under
+//! /var/cache/distroctl-tests, so only the first run of a day pays for it.
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use distros::{acquire, AcquireOptions, Catalog, Compression, ProgressMode};
+
+const CATALOG: &str = r#"
+name = "debian"
+display_name = "Debian"
+default = "12"
+
+[user_setup]
+package_manager = "apt"
+admin_group = "sudo"
+sudo_in_base = false
+install_sudo = "apt-get install -y sudo"
+add_user = "useradd --create-home {user}"
+login_shell = "/bin/bash"
+
+[[releases]]
+version = "12"
+source = { kind = "mmdebstrap", suite = "bookworm", variant = "minbase" }
+"#;
+
+/// The hosts named by the host's apt sources (one-line and deb822 forms).
+fn apt_source_hosts() -> Vec<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|ext| ext == "list" || ext == "sources")
+                }),
+        );
+    }
+    let mut hosts = Vec::new();
+    for text in files.iter().filter_map(|f| fs::read_to_string(f).ok()) {
+        let uncommented = text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or(""));
+        for word in uncommented.flat_map(str::split_whitespace) {
+            let rest = word
+                .strip_prefix("http://")
+                .or_else(|| word.strip_prefix("https://"));
+            if let Some(host) = rest.and_then(|r| r.split('/').next()) {
+                hosts.push(host.to_owned());
+            }
+        }
+    }
+    hosts
+}
+
+/// Why the build cannot run here, if it cannot.
+fn skip_reason() -> Option<String> {
+    if Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("mmdebstrap is not installed".into());
+    }
+    let hosts = apt_source_hosts();
+    let Some(host) = hosts.first() else {
+        return Some("the host's apt configuration names no http(s) mirror".into());
+    };
+    let port = if host.contains(':') { "" } else { ":80" };
+    let reachable = format!("{host}{port}")
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok());
+    (!reachable).then(|| format!("the host's apt mirror {host} is not reachable"))
+}
+
+fn cache_dir() -> PathBuf {
+    let days = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    PathBuf::from(format!(
+        "/var/cache/distroctl-tests/distros-mmdebstrap-day{days}"
+    ))
+}
+
+/// The contents of `name` in a plain tar, if present.
+fn file_in_tar(path: &std::path::Path, name: &str) -> Option<String> {
+    let mut tar = tar::Archive::new(fs::File::open(path).unwrap());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            == name
+        {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            return Some(text);
+        }
+    }
+    None
+}
+
+#[test]
+fn mmdebstrap_builds_bookworm_and_caches_it() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED mmdebstrap_builds_bookworm_and_caches_it: {reason}");
+        return;
+    }
+    let catalog = Catalog::from_files([("debian.toml", CATALOG)]).unwrap();
+    let release = catalog.resolve("debian:12").unwrap();
+    let cache = cache_dir();
+    let options = AcquireOptions {
+        refresh: false,
+        progress: ProgressMode::Log,
+    };
+
+    let started = Instant::now();
+    let tarball = acquire(release, &cache, &options).unwrap();
+    eprintln!(
+        "mmdebstrap tarball {} ready in {:.1} s",
+        tarball.path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let again = Instant::now();
+    let cached = acquire(release, &cache, &options).unwrap();
+
+    assert_eq!(tarball.compression, Compression::None);
+    assert!(tarball.path.starts_with(cache.join("mmdebstrap")));
+    let version = file_in_tar(&tarball.path, "etc/debian_version").expect("etc/debian_version");
+    assert!(version.starts_with("12."), "debian_version {version:?}");
+    assert_eq!(cached, tarball);
+    assert!(again.elapsed() < Duration::from_secs(1));
+    let leftovers: Vec<_> = fs::read_dir(cache.join("mmdebstrap"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
