@@ -3,14 +3,16 @@
 use std::path::PathBuf;
 
 use protocol::{
-    Compression, DistroInfo, DistroSettings, DistroState, ExecRequest, Request, Response,
-    TtyRequest,
+    Compression, DistroInfo, DistroSettings, DistroState, ErrorKind, ExecRequest, Request,
+    Response, TtyRequest,
 };
 
 use crate::agent_client::{self, AgentAddr, ClientError};
 use crate::config::Config;
 use crate::manager::client::{self as manager, Lease};
-use crate::{exec, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts};
+use crate::{
+    exec, install, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts,
+};
 
 /// The agent a command talks to, and the lease that keeps its VM up.
 struct Session {
@@ -43,6 +45,28 @@ impl Session {
             addr,
             lease: Some(lease),
         })
+    }
+
+    /// Installs a fetched catalog release, unless the name is taken.
+    async fn install(
+        &self,
+        plan: &install::Plan,
+        tarball: &distros::RootfsTarball,
+        user: Option<&str>,
+        config: &Config,
+    ) -> Result<(), AnyError> {
+        if self.distros().await?.iter().any(|d| d.name == plan.name) {
+            return Err(format!(
+                "{} is already installed: open it with `distroctl shell {}`, or pick another name with --name",
+                plan.name, plan.name
+            )
+            .into());
+        }
+        install::install(&self.addr, plan, tarball, user).await?;
+        if self.lease.is_some() {
+            adopt_as_default(&plan.name, config)?;
+        }
+        Ok(())
     }
 
     async fn request(&self, req: Request) -> Result<Response, ClientError> {
@@ -94,6 +118,10 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             eprintln!("Kept {name}");
             return Ok(1);
         }
+        Command::Install { list: true, .. } => {
+            install::print_catalog(&install::catalog()?);
+            return Ok(0);
+        }
         Command::Shutdown if cli.agent_socket.is_none() => {
             if !manager::shutdown().await? {
                 eprintln!("The utility VM is not running");
@@ -108,16 +136,59 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Shell { name, .. } => Some(default_or(name.clone(), &config)?),
         _ => None,
     };
+    if let Command::Install {
+        distro: Some(spec),
+        name,
+        user,
+        refresh,
+        ..
+    } = &cli.command
+    {
+        let plan = install::plan(&install::catalog()?, spec, name.clone())?;
+        let user = match user.as_deref() {
+            Some("root") => None,
+            Some(u) => Some(u.to_string()),
+            None => install::host_user(),
+        };
+        if let Some(u) = &user {
+            install::check_user_name(u)?;
+        }
+        // Download (or build) while the VM boots.
+        let (session, tarball) = tokio::join!(
+            Session::open(&cli.agent_socket, cli.backend),
+            install::fetch(&plan.release, *refresh)
+        );
+        let (session, tarball) = (session?, tarball?);
+        session
+            .install(&plan, &tarball, user.as_deref(), &config)
+            .await?;
+        eprintln!(
+            "Installed {}: open it with `distroctl shell {}`",
+            plan.name, plan.name
+        );
+        return Ok(0);
+    }
     let session = Session::open(&cli.agent_socket, cli.backend).await?;
     match cli.command {
         Command::Import {
             name,
             file,
+            sha256,
             systemd,
         } => {
             let settings = DistroSettings {
                 systemd,
                 ..Default::default()
+            };
+            let url = file
+                .to_str()
+                .filter(|f| f.starts_with("https://") || f.starts_with("http://"));
+            let file = match url {
+                Some(url) => install::fetch_url(url, sha256).await?.path,
+                None if sha256.is_some() => {
+                    return Err("--sha256 applies to an archive downloaded from a URL".into())
+                }
+                None => file,
             };
             let bytes = transfer::import(&session.addr, &name, &file, settings, None).await?;
             eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
@@ -134,12 +205,32 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             transfer::export(&session.addr, &name, &file, compression).await?;
         }
         Command::List { verbose } => print_list(&session.distros().await?, &config, verbose),
-        Command::Start { name } => {
+        Command::Start { name, install } => {
+            let started = match session.request(Request::Start { name: name.clone() }).await {
+                Err(ClientError::Agent(e)) if e.kind == ErrorKind::NotFound => {
+                    let catalog = install::catalog()?;
+                    if catalog.resolve(&name).is_err() {
+                        return Err(ClientError::Agent(e).into());
+                    }
+                    let question = format!("{name} is not installed. Install it from the catalog?");
+                    if !install && !status::confirm(&question)? {
+                        return Ok(1);
+                    }
+                    let plan = install::plan(&catalog, &name, Some(name.clone()))?;
+                    let tarball = install::fetch(&plan.release, false).await?;
+                    let user = install::host_user();
+                    session
+                        .install(&plan, &tarball, user.as_deref(), &config)
+                        .await?;
+                    session
+                        .request(Request::Start { name: name.clone() })
+                        .await?
+                }
+                other => other?,
+            };
             if let Response::Started {
                 already_running, ..
-            } = session
-                .request(Request::Start { name: name.clone() })
-                .await?
+            } = started
             {
                 if already_running {
                     eprintln!("{name} is already running");
@@ -231,6 +322,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             session.request(Request::Shutdown).await?;
         }
         Command::Daemon | Command::VmRun(_) => unreachable!("handled before the runtime starts"),
+        Command::Install { .. } => unreachable!("handled before the session opens"),
         Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
             unreachable!("handled before connecting")
         }

@@ -75,6 +75,30 @@ pub async fn run(agent: &AgentAddr, req: ExecRequest) -> Result<i32, ClientError
     result
 }
 
+/// Runs `req` with no input and returns its exit status and its standard
+/// output and error, interleaved as they came (for setup scripts whose
+/// output matters only when they fail).
+pub async fn output(agent: &AgentAddr, req: ExecRequest) -> Result<(i32, Vec<u8>), ClientError> {
+    let mut conn = agent_client::connect(agent).await?;
+    conn.send(Frame::Request(Request::Exec(req))).await?;
+    match agent_client::response(&mut conn).await? {
+        Response::ExecStarted { .. } => {}
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+    conn.send(Frame::StdinEof).await?;
+    let mut out = Vec::new();
+    loop {
+        match conn.next().await {
+            Some(Ok(Frame::Stdout(b) | Frame::Stderr(b))) => out.extend_from_slice(&b),
+            Some(Ok(Frame::Exit(code))) => return Ok((code, out)),
+            Some(Ok(Frame::Response(Response::Error(e)))) => return Err(ClientError::Agent(e)),
+            Some(Ok(other)) => return Err(ClientError::Unexpected(format!("{:?}", other.kind()))),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ClientError::Disconnected),
+        }
+    }
+}
+
 async fn forward_stdin(tx: mpsc::Sender<Frame>) {
     let mut stdin = tokio::io::stdin();
     let mut buf = BytesMut::with_capacity(CHUNK);

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod exec;
 mod guest;
+mod install;
 mod manager;
 mod paths;
 mod status;
@@ -44,12 +45,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install a distro from the catalog (see `install --list`).
+    Install {
+        /// NAME or NAME:VERSION, e.g. `debian`, `ubuntu:22.04`, `ubuntu:jammy`.
+        #[arg(required_unless_present = "list")]
+        distro: Option<String>,
+        /// Name for the new distro (default: the distro's name, plus the
+        /// version when it is not the default one).
+        #[arg(long)]
+        name: Option<String>,
+        /// Default user to create (default: your user name; `root` creates none).
+        #[arg(long)]
+        user: Option<String>,
+        /// Show the catalog instead.
+        #[arg(long)]
+        list: bool,
+        /// Download or build the root file system again even when cached.
+        #[arg(long)]
+        refresh: bool,
+    },
     /// Import a distro from a tar archive (plain, gzip, xz or zstd).
     Import {
         /// Name for the new distro.
         name: String,
-        /// Archive file, or `-` for standard input.
+        /// Archive file, an http(s) URL, or `-` for standard input.
         file: PathBuf,
+        /// Expected SHA-256 of a downloaded archive.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
         /// Run the distro's own systemd as its PID 1.
         #[arg(long)]
         systemd: bool,
@@ -76,6 +99,9 @@ enum Command {
     Start {
         /// Distro to start.
         name: String,
+        /// Install it from the catalog first when it is not installed.
+        #[arg(long)]
+        install: bool,
     },
     /// Make a distro the one `distroctl shell` opens when none is named.
     SetDefault {

@@ -91,6 +91,19 @@ impl Catalog {
         }
     }
 
+    /// The built-in catalog with the user's own files on top: a user file
+    /// adds a distro, or replaces the built-in one of the same name.
+    pub fn builtin_with(user_files: &[(String, String)]) -> Result<Catalog, CatalogError> {
+        let user = Catalog::from_files(user_files.iter().map(|(f, t)| (f.as_str(), t.as_str())))?;
+        let mut catalog = Catalog::builtin();
+        catalog
+            .distros
+            .retain(|d| !user.distros.iter().any(|u| u.name == d.name));
+        catalog.distros.extend(user.distros);
+        catalog.distros.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(catalog)
+    }
+
     /// Reads a catalog from `(file name, contents)` pairs, checking each file
     /// and that no two describe the same distro.
     pub fn from_files<'a>(
@@ -179,6 +192,31 @@ mod tests {
 
         let names: Vec<&str> = catalog.distros().iter().map(Distro::name).collect();
         assert_eq!(names, ["alpine", "archlinux", "debian", "fedora", "ubuntu"]);
+    }
+
+    #[test]
+    fn user_files_add_distros_and_replace_builtin_ones() {
+        let user = |name: &str| {
+            (
+                format!("{name}.toml"),
+                BUILTIN_FILES[0]
+                    .1
+                    .replacen("name = \"alpine\"", &format!("name = \"{name}\""), 1),
+            )
+        };
+
+        let catalog = Catalog::builtin_with(&[user("mine"), user("debian")]).unwrap();
+
+        let names: Vec<&str> = catalog.distros().iter().map(Distro::name).collect();
+        assert_eq!(
+            names,
+            ["alpine", "archlinux", "debian", "fedora", "mine", "ubuntu"]
+        );
+        assert!(matches!(
+            catalog.resolve("debian").unwrap().source(),
+            Source::Tarball(_)
+        ));
+        assert!(Catalog::builtin_with(&[("bad.toml".into(), "x = 1".into())]).is_err());
     }
 
     #[test]
