@@ -230,8 +230,8 @@ fn listed_sha256(
         "checksum read from published list"
     );
     download::write_atomically(&remembered, sha256.as_bytes()).map_err(|source| {
-        AcquireError::Download {
-            what: list_url.to_owned(),
+        AcquireError::Cache {
+            path: remembered.clone(),
             source,
         }
     })?;

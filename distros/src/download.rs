@@ -431,15 +431,15 @@ pub(crate) fn remove_quietly(path: &Path) {
 
 /// Writes `contents` to `path` through a temporary file and a rename, so
 /// readers never see half a file.
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DownloadError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(cache_error(dir))?;
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
     let temporary = path.with_extension("partial");
-    let mut file = File::create(&temporary).map_err(cache_error(&temporary))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(cache_error(&temporary))?;
-    fs::rename(&temporary, path).map_err(cache_error(path))
+    let mut file = File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

@@ -108,10 +108,10 @@ pub(crate) fn extract_layer(archive: &CachedFile, dir: &Path) -> Result<CachedFi
     };
     tracing::info!(digest = %layer.digest, media_type = %layer.media_type, "unpacking root filesystem layer");
     let cached = copy_layer(archive, &layer.digest, dir)?;
-    download::write_atomically(&pointer, cached.sha256.as_bytes()).map_err(|err| {
+    download::write_atomically(&pointer, cached.sha256.as_bytes()).map_err(|source| {
         OciError::Write {
             path: pointer.clone(),
-            source: io::Error::other(err.to_string()),
+            source,
         }
     })?;
     Ok(cached)
