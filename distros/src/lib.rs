@@ -21,6 +21,7 @@
 //!             add_user, login_shell, prepare }
 //!
 //! acquire(&Release, cache_dir: &Path, &AcquireOptions) -> Result<RootfsTarball, AcquireError>
+//! cached(&Release, cache_dir: &Path) -> Option<RootfsTarball>     // no network
 //! acquire_url(url: &str, expected_sha256: Option<&str>, cache_dir: &Path, &AcquireOptions)
 //!     -> Result<RootfsTarball, AcquireError>
 //! AcquireOptions { refresh: bool, progress: ProgressMode::{Auto, Log} }
@@ -59,7 +60,7 @@ mod mmdebstrap;
 mod oci_archive;
 mod progress;
 
-pub use acquire::{acquire, acquire_url, AcquireError, AcquireOptions, RootfsTarball};
+pub use acquire::{acquire, acquire_url, cached, AcquireError, AcquireOptions, RootfsTarball};
 pub use catalog::{
     Catalog, CatalogError, Checksum, Distro, MmdebstrapRecipe, Release, Source, TarballLayout,
     TarballSource, UserSetup,

@@ -89,14 +89,11 @@ pub(crate) fn build(
 ) -> Result<CachedFile, MmdebstrapError> {
     let key = recipe_key(recipe);
     let path = dir.join(format!("{key}.tar"));
-    let cached = CachedFile {
-        path: path.clone(),
-        sha256: key.clone(),
-        compression: Compression::None,
-    };
-    if path.is_file() && !refresh {
-        tracing::info!(suite = %recipe.suite, path = %path.display(), "using cached mmdebstrap tarball");
-        return Ok(cached);
+    if !refresh {
+        if let Some(cached) = cached(recipe, dir) {
+            tracing::info!(suite = %recipe.suite, path = %path.display(), "using cached mmdebstrap tarball");
+            return Ok(cached);
+        }
     }
     let cache_error = |path: &Path| {
         let path = path.to_owned();
@@ -115,7 +112,22 @@ pub(crate) fn build(
         return Err(err);
     }
     fs::rename(&temporary, &path).map_err(cache_error(&path))?;
-    Ok(cached)
+    Ok(CachedFile {
+        path,
+        sha256: key,
+        compression: Compression::None,
+    })
+}
+
+/// The tarball built earlier for `recipe` in `dir`, if any.
+pub(crate) fn cached(recipe: &MmdebstrapRecipe, dir: &Path) -> Option<CachedFile> {
+    let key = recipe_key(recipe);
+    let path = dir.join(format!("{key}.tar"));
+    path.is_file().then_some(CachedFile {
+        path,
+        sha256: key,
+        compression: Compression::None,
+    })
 }
 
 /// Runs `program` (mmdebstrap) with `args`, showing or logging its output.

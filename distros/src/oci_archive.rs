@@ -82,12 +82,10 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// remembers which layer an archive holds, so the archive is only scanned
 /// once.
 pub(crate) fn extract_layer(archive: &CachedFile, dir: &Path) -> Result<CachedFile, OciError> {
-    let pointer = dir.join(format!("{}.oci-layer", archive.sha256));
-    if let Ok(digest) = fs::read_to_string(&pointer) {
-        if let Some(cached) = download::cached_tarball(dir, digest.trim()) {
-            return Ok(cached);
-        }
+    if let Some(cached) = cached_layer(dir, &archive.sha256) {
+        return Ok(cached);
     }
+    let pointer = pointer_path(dir, &archive.sha256);
     let layout = |reason: String| OciError::Layout {
         path: archive.path.clone(),
         reason,
@@ -131,6 +129,20 @@ pub(crate) fn extract_layer(archive: &CachedFile, dir: &Path) -> Result<CachedFi
         }
     }
     Err(layout("image indexes nest too deeply".into()))
+}
+
+/// The layer taken earlier out of the archive with checksum `archive_sha256`.
+pub(crate) fn cached_layer(dir: &Path, archive_sha256: &str) -> Option<CachedFile> {
+    let digest = fs::read_to_string(pointer_path(dir, archive_sha256)).ok()?;
+    let digest = digest.trim();
+    let is_hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    is_hex
+        .then(|| download::cached_tarball(dir, digest))
+        .flatten()
+}
+
+fn pointer_path(dir: &Path, archive_sha256: &str) -> PathBuf {
+    dir.join(format!("{archive_sha256}.oci-layer"))
 }
 
 /// The one manifest of an index, or the one for linux/amd64 among several.

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use distros::{
-    acquire, acquire_url, AcquireError, AcquireOptions, Catalog, Compression, DownloadError,
-    ProgressMode, RootfsTarball,
+    acquire, acquire_url, cached, AcquireError, AcquireOptions, Catalog, Compression,
+    DownloadError, ProgressMode, RootfsTarball,
 };
 use http_server::{Request, Route, TestServer};
 use sha2::{Digest, Sha256};
@@ -372,7 +372,7 @@ source = {{ kind = "tarball", url = "{}", {source} }}
 }
 
 #[test]
-fn acquire_release_reports_top_dir_to_strip() {
+fn acquire_release_reports_top_dir_to_strip_and_is_then_cached() {
     let server = TestServer::start();
     let body = rootfs_tar_gz("root.x86_64/");
     serve(&server, "/rootfs.tar.gz", &body, &[], true);
@@ -383,12 +383,15 @@ fn acquire_release_reports_top_dir_to_strip() {
             sha256_hex(&body)
         ),
     );
+    let release = catalog.resolve("testos").unwrap();
     let cache = tempfile::tempdir().unwrap();
+    assert_eq!(cached(release, cache.path()), None);
 
-    let tarball = acquire(catalog.resolve("testos").unwrap(), cache.path(), &OPTIONS).unwrap();
+    let tarball = acquire(release, cache.path(), &OPTIONS).unwrap();
 
     assert_eq!(tarball.top_dir.as_deref(), Some("root.x86_64"));
     assert_eq!(fs::read(&tarball.path).unwrap(), body);
+    assert_eq!(cached(release, cache.path()), Some(tarball));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use distros::{acquire, AcquireOptions, Catalog, Compression, ProgressMode};
+use distros::{acquire, cached, AcquireOptions, Catalog, Compression, ProgressMode};
 
 const CATALOG: &str = r#"
 name = "debian"
@@ -135,13 +135,14 @@ fn mmdebstrap_builds_bookworm_and_caches_it() {
         started.elapsed().as_secs_f64()
     );
     let again = Instant::now();
-    let cached = acquire(release, &cache, &options).unwrap();
+    let second = acquire(release, &cache, &options).unwrap();
 
     assert_eq!(tarball.compression, Compression::None);
     assert!(tarball.path.starts_with(cache.join("mmdebstrap")));
     let version = file_in_tar(&tarball.path, "etc/debian_version").expect("etc/debian_version");
     assert!(version.starts_with("12."), "debian_version {version:?}");
-    assert_eq!(cached, tarball);
+    assert_eq!(second, tarball);
+    assert_eq!(cached(release, &cache), Some(tarball.clone()));
     assert!(again.elapsed() < Duration::from_secs(1));
     let leftovers: Vec<_> = fs::read_dir(cache.join("mmdebstrap"))
         .unwrap()

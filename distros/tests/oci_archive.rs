@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{Read, Write};
 
-use distros::{acquire, AcquireError, AcquireOptions, Catalog, Compression, ProgressMode};
+use distros::{acquire, cached, AcquireError, AcquireOptions, Catalog, Compression, ProgressMode};
 use http_server::{Route, TestServer};
 use sha2::{Digest, Sha256};
 
@@ -169,6 +169,7 @@ fn oci_archive_layer_is_reused_without_rescanning() {
     let second = acquire(release, cache.path(), &OPTIONS).unwrap();
 
     assert_eq!(second, first);
+    assert_eq!(cached(release, cache.path()), Some(first));
     assert_eq!(server.requests().len(), 1);
 }
 
