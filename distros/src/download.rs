@@ -159,6 +159,13 @@ impl Fetcher {
                 // fine, a connection that stops delivering is not.
                 .timeout_per_read(Some(Duration::from_secs(60)))
                 .user_agent(concat!("distroctl/", env!("CARGO_PKG_VERSION")))
+                // The system's trust store, so that a CA the administrator
+                // added (a company proxy, a private mirror) is trusted too.
+                .tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                        .build(),
+                )
                 .build()
                 .into()
         };
