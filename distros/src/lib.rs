@@ -32,7 +32,14 @@
 //! A [`RootfsTarball`] is always a tar of a root filesystem: an OCI image
 //! archive (Fedora) has already been reduced to its layer. Its `top_dir`,
 //! when set, must be stripped from every entry on extraction (Arch's
-//! `root.x86_64/`).
+//! `root.x86_64/`); it maps onto the agent's `Request::Import { top_dir }`,
+//! and `Compression` converts into `protocol::Compression` with `into()`.
+//! The file belongs to the cache: read it, never move or delete it.
+//!
+//! Cache layout under `cache_dir`: `downloads/<sha256>.<ext>` (verified
+//! files; `<sha256>.partial` while a transfer is under way or interrupted),
+//! `mmdebstrap/<recipe hash>.tar`, `checksums/` (values read from published
+//! lists) and `locks/` (one process fills an entry at a time).
 //!
 //! # Example
 //!
