@@ -44,6 +44,7 @@ fn disk_full_is_reported_and_keeps_the_partial_file() {
             honour_range: true,
             cuts: VecDeque::new(),
             status: None,
+            wrong_range_start: None,
         },
     );
     let mount_point = tempfile::tempdir().unwrap();

@@ -104,6 +104,7 @@ fn serve_release(server: &TestServer, archive: &[u8]) -> Catalog {
             honour_range: true,
             cuts: VecDeque::new(),
             status: None,
+            wrong_range_start: None,
         },
     );
     let text = format!(
