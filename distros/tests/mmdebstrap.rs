@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,19 +82,26 @@ fn skip_reason() -> Option<String> {
     (!reachable).then(|| format!("the host's apt mirror {host} is not reachable"))
 }
 
+/// Today's cache; earlier days' caches are removed so they do not pile up.
 fn cache_dir() -> PathBuf {
     let days = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         / 86_400;
-    PathBuf::from(format!(
-        "/var/cache/distroctl-tests/distros-mmdebstrap-day{days}"
-    ))
+    let parent = Path::new("/var/cache/distroctl-tests");
+    let today = format!("distros-mmdebstrap-day{days}");
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("distros-mmdebstrap-day") && name != today {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    parent.join(today)
 }
 
 /// The contents of `name` in a plain tar, if present.
-fn file_in_tar(path: &std::path::Path, name: &str) -> Option<String> {
+fn file_in_tar(path: &Path, name: &str) -> Option<String> {
     let mut tar = tar::Archive::new(fs::File::open(path).unwrap());
     for entry in tar.entries().unwrap() {
         let mut entry = entry.unwrap();
