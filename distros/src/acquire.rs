@@ -124,6 +124,32 @@ pub fn acquire(
     }
 }
 
+/// `release`'s root filesystem tarball if the cache already holds it;
+/// never touches the network (for listings that show what is downloaded).
+pub fn cached(release: &Release, cache_dir: &Path) -> Option<RootfsTarball> {
+    match release.source() {
+        Source::Mmdebstrap(recipe) => {
+            mmdebstrap::cached(recipe, &cache_dir.join("mmdebstrap")).map(|f| rootfs(f, None))
+        }
+        Source::Tarball(tarball) => {
+            let sha256 = match &tarball.checksum {
+                Checksum::Sha256(sha256) => sha256.clone(),
+                Checksum::Sha256List { url, file_name } => {
+                    remembered_sha256(&remembered_path(cache_dir, url, file_name))?
+                }
+            };
+            let downloads = cache_dir.join("downloads");
+            match &tarball.layout {
+                TarballLayout::Rootfs { top_dir } => download::cached_tarball(&downloads, &sha256)
+                    .map(|f| rootfs(f, top_dir.clone())),
+                TarballLayout::OciArchive => {
+                    oci_archive::cached_layer(&downloads, &sha256).map(|f| rootfs(f, None))
+                }
+            }
+        }
+    }
+}
+
 /// Downloads `url` into the cache for `distroctl import`. With
 /// `expected_sha256` the file is verified and served from the cache next
 /// time; without it, it is downloaded every time.
@@ -202,13 +228,10 @@ fn listed_sha256(
     cache_dir: &Path,
     refresh: bool,
 ) -> Result<String, AcquireError> {
-    let key = download::sha256_hex(format!("{list_url}\n{file_name}").as_bytes());
-    let remembered = cache_dir.join("checksums").join(key);
+    let remembered = remembered_path(cache_dir, list_url, file_name);
     if !refresh {
-        if let Ok(text) = fs::read_to_string(&remembered) {
-            if let Ok(sha256) = normalise_sha256(text.trim()) {
-                return Ok(sha256);
-            }
+        if let Some(sha256) = remembered_sha256(&remembered) {
+            return Ok(sha256);
         }
     }
     let list = fetcher
@@ -230,12 +253,23 @@ fn listed_sha256(
         "checksum read from published list"
     );
     download::write_atomically(&remembered, sha256.as_bytes()).map_err(|source| {
-        AcquireError::Download {
-            what: list_url.to_owned(),
+        AcquireError::Cache {
+            path: remembered.clone(),
             source,
         }
     })?;
     Ok(sha256)
+}
+
+/// Where the SHA-256 read for `file_name` from `list_url` is remembered.
+fn remembered_path(cache_dir: &Path, list_url: &str, file_name: &str) -> PathBuf {
+    let key = download::sha256_hex(format!("{list_url}\n{file_name}").as_bytes());
+    cache_dir.join("checksums").join(key)
+}
+
+fn remembered_sha256(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    normalise_sha256(text.trim()).ok()
 }
 
 /// Waits until no other process is filling cache entry `entry`, then

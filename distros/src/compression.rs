@@ -71,6 +71,18 @@ impl Compression {
     }
 }
 
+/// The agent's import request names the same four compressions.
+impl From<Compression> for protocol::Compression {
+    fn from(compression: Compression) -> Self {
+        match compression {
+            Compression::None => protocol::Compression::None,
+            Compression::Gzip => protocol::Compression::Gzip,
+            Compression::Xz => protocol::Compression::Xz,
+            Compression::Zstd => protocol::Compression::Zstd,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

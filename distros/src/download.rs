@@ -124,7 +124,10 @@ pub(crate) fn cached_tarball(dir: &Path, sha256: &str) -> Option<CachedFile> {
 
 /// Downloads over HTTP(S) with progress reporting.
 pub(crate) struct Fetcher {
+    /// Honours the `*_PROXY` environment variables.
     agent: ureq::Agent,
+    /// For the loopback host, which is never reached through a proxy.
+    direct_agent: ureq::Agent,
     progress: ProgressMode,
 }
 
@@ -146,17 +149,29 @@ struct Transferred {
 impl Fetcher {
     /// A fetcher reporting progress as `progress` says.
     pub(crate) fn new(progress: ProgressMode) -> Fetcher {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            // Per read, not per body: a large download on a slow link is fine,
-            // a connection that stops delivering is not.
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .user_agent(concat!("distroctl/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = |proxy: Option<ureq::Proxy>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(proxy)
+                .timeout_connect(Some(Duration::from_secs(30)))
+                .timeout_recv_response(Some(Duration::from_secs(60)))
+                // Per read, not per body: a large download on a slow link is
+                // fine, a connection that stops delivering is not.
+                .timeout_per_read(Some(Duration::from_secs(60)))
+                .user_agent(concat!("distroctl/", env!("CARGO_PKG_VERSION")))
+                // The system's trust store, so that a CA the administrator
+                // added (a company proxy, a private mirror) is trusted too.
+                .tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                        .build(),
+                )
+                .build()
+                .into()
+        };
         Fetcher {
-            agent: config.into(),
+            agent: agent(ureq::Proxy::try_from_env()),
+            direct_agent: agent(None),
             progress,
         }
     }
@@ -255,7 +270,12 @@ impl Fetcher {
         url: &str,
         range_from: Option<u64>,
     ) -> Result<ureq::http::Response<ureq::Body>, DownloadError> {
-        let mut request = self.agent.get(url);
+        let agent = if is_loopback_url(url) {
+            &self.direct_agent
+        } else {
+            &self.agent
+        };
+        let mut request = agent.get(url);
         if let Some(start) = range_from {
             request = request.header("Range", format!("bytes={start}-"));
         }
@@ -394,6 +414,19 @@ fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u6
     range.split('-').next()?.trim().parse().ok()
 }
 
+/// Whether `url` points at this machine (`127.0.0.1`, `localhost`, `[::1]`).
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
 /// Deletes a file that failed verification; a missing file is no error.
 pub(crate) fn remove_quietly(path: &Path) {
     if let Err(err) = fs::remove_file(path) {
@@ -405,15 +438,15 @@ pub(crate) fn remove_quietly(path: &Path) {
 
 /// Writes `contents` to `path` through a temporary file and a rename, so
 /// readers never see half a file.
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), DownloadError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(cache_error(dir))?;
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
     let temporary = path.with_extension("partial");
-    let mut file = File::create(&temporary).map_err(cache_error(&temporary))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(cache_error(&temporary))?;
-    fs::rename(&temporary, path).map_err(cache_error(path))
+    let mut file = File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)
 }
 
 #[cfg(test)]
@@ -431,6 +464,15 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn is_loopback_url_recognises_only_this_machine() {
+        assert!(is_loopback_url("http://127.0.0.1:8080/x.tar"));
+        assert!(is_loopback_url("http://localhost/x.tar"));
+        assert!(is_loopback_url("http://[::1]:80/x.tar"));
+        assert!(!is_loopback_url("http://127.0.0.1.example.org/x.tar"));
+        assert!(!is_loopback_url("https://example.org/127.0.0.1"));
     }
 
     #[test]

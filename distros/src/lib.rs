@@ -21,6 +21,7 @@
 //!             add_user, login_shell, prepare }
 //!
 //! acquire(&Release, cache_dir: &Path, &AcquireOptions) -> Result<RootfsTarball, AcquireError>
+//! cached(&Release, cache_dir: &Path) -> Option<RootfsTarball>     // no network
 //! acquire_url(url: &str, expected_sha256: Option<&str>, cache_dir: &Path, &AcquireOptions)
 //!     -> Result<RootfsTarball, AcquireError>
 //! AcquireOptions { refresh: bool, progress: ProgressMode::{Auto, Log} }
@@ -31,7 +32,14 @@
 //! A [`RootfsTarball`] is always a tar of a root filesystem: an OCI image
 //! archive (Fedora) has already been reduced to its layer. Its `top_dir`,
 //! when set, must be stripped from every entry on extraction (Arch's
-//! `root.x86_64/`).
+//! `root.x86_64/`); it maps onto the agent's `Request::Import { top_dir }`,
+//! and `Compression` converts into `protocol::Compression` with `into()`.
+//! The file belongs to the cache: read it, never move or delete it.
+//!
+//! Cache layout under `cache_dir`: `downloads/<sha256>.<ext>` (verified
+//! files; `<sha256>.partial` while a transfer is under way or interrupted),
+//! `mmdebstrap/<recipe hash>.tar`, `checksums/` (values read from published
+//! lists) and `locks/` (one process fills an entry at a time).
 //!
 //! # Example
 //!
@@ -59,7 +67,7 @@ mod mmdebstrap;
 mod oci_archive;
 mod progress;
 
-pub use acquire::{acquire, acquire_url, AcquireError, AcquireOptions, RootfsTarball};
+pub use acquire::{acquire, acquire_url, cached, AcquireError, AcquireOptions, RootfsTarball};
 pub use catalog::{
     Catalog, CatalogError, Checksum, Distro, MmdebstrapRecipe, Release, Source, TarballLayout,
     TarballSource, UserSetup,

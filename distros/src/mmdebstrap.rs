@@ -89,14 +89,11 @@ pub(crate) fn build(
 ) -> Result<CachedFile, MmdebstrapError> {
     let key = recipe_key(recipe);
     let path = dir.join(format!("{key}.tar"));
-    let cached = CachedFile {
-        path: path.clone(),
-        sha256: key.clone(),
-        compression: Compression::None,
-    };
-    if path.is_file() && !refresh {
-        tracing::info!(suite = %recipe.suite, path = %path.display(), "using cached mmdebstrap tarball");
-        return Ok(cached);
+    if !refresh {
+        if let Some(cached) = cached(recipe, dir) {
+            tracing::info!(suite = %recipe.suite, path = %path.display(), "using cached mmdebstrap tarball");
+            return Ok(cached);
+        }
     }
     let cache_error = |path: &Path| {
         let path = path.to_owned();
@@ -109,18 +106,39 @@ pub(crate) fn build(
     download::remove_quietly(&temporary);
     let args = command_line(recipe, &temporary);
     tracing::info!(args = %args.join(" "), "running mmdebstrap");
-    let result = run(&args, &recipe.suite, progress);
+    let result = run("mmdebstrap", &args, &recipe.suite, progress);
     if let Err(err) = result {
         download::remove_quietly(&temporary);
         return Err(err);
     }
     fs::rename(&temporary, &path).map_err(cache_error(&path))?;
-    Ok(cached)
+    Ok(CachedFile {
+        path,
+        sha256: key,
+        compression: Compression::None,
+    })
 }
 
-fn run(args: &[String], suite: &str, progress: ProgressMode) -> Result<(), MmdebstrapError> {
+/// The tarball built earlier for `recipe` in `dir`, if any.
+pub(crate) fn cached(recipe: &MmdebstrapRecipe, dir: &Path) -> Option<CachedFile> {
+    let key = recipe_key(recipe);
+    let path = dir.join(format!("{key}.tar"));
+    path.is_file().then_some(CachedFile {
+        path,
+        sha256: key,
+        compression: Compression::None,
+    })
+}
+
+/// Runs `program` (mmdebstrap) with `args`, showing or logging its output.
+fn run(
+    program: &str,
+    args: &[String],
+    suite: &str,
+    progress: ProgressMode,
+) -> Result<(), MmdebstrapError> {
     let on_terminal = progress == ProgressMode::Auto && io::stderr().is_terminal();
-    let mut command = Command::new("mmdebstrap");
+    let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());
     if !on_terminal {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -190,6 +208,42 @@ mod tests {
                 "/c/x.tar"
             ]
         );
+    }
+
+    #[test]
+    fn run_reports_missing_program_with_install_hint() {
+        let err = run(
+            "distroctl-test-no-such-program",
+            &[],
+            "bookworm",
+            ProgressMode::Log,
+        )
+        .unwrap_err();
+
+        assert!(matches!(err, MmdebstrapError::Missing));
+        assert!(
+            err.to_string().contains("apt-get install mmdebstrap"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn run_failure_carries_status_and_last_output_line() {
+        let args = [
+            "-c",
+            "echo I: starting >&2; echo E: cannot find suite >&2; exit 25",
+        ]
+        .map(String::from);
+
+        let err = run("sh", &args, "nosuch", ProgressMode::Log).unwrap_err();
+
+        let MmdebstrapError::Failed { output_tail, .. } = &err else {
+            panic!("expected a failure, got {err:?}");
+        };
+        assert_eq!(output_tail, &["I: starting", "E: cannot find suite"]);
+        let message = err.to_string();
+        assert!(message.contains("exit status: 25"), "{message}");
+        assert!(message.ends_with(": E: cannot find suite"), "{message}");
     }
 
     #[test]

@@ -49,14 +49,14 @@ pub enum OciError {
     },
 }
 
+/// `index.json`, an image index blob, or an image manifest blob: an index
+/// lists `manifests`, a manifest lists `layers`.
 #[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    layers: Vec<Descriptor>,
+struct ImageJson {
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
 }
 
 #[derive(Deserialize)]
@@ -64,57 +64,100 @@ struct Descriptor {
     #[serde(rename = "mediaType", default)]
     media_type: String,
     digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
 }
 
-/// The root filesystem layer of the OCI archive `archive` (compressed as
-/// `compression`, checksum `archive_sha256`), cached in `dir` as
-/// `<layer digest>.<ext>`. A small `<archive_sha256>.oci-layer` file remembers
-/// which layer an archive holds, so the archive is only scanned once.
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+/// How many indexes may lead to the manifest (`index.json` → index → manifest).
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// The root filesystem layer of the OCI archive `archive`, cached in `dir`
+/// as `<layer digest>.<ext>`. A small `<archive sha256>.oci-layer` file
+/// remembers which layer an archive holds, so the archive is only scanned
+/// once.
 pub(crate) fn extract_layer(archive: &CachedFile, dir: &Path) -> Result<CachedFile, OciError> {
-    let pointer = dir.join(format!("{}.oci-layer", archive.sha256));
-    if let Ok(digest) = fs::read_to_string(&pointer) {
-        if let Some(cached) = download::cached_tarball(dir, digest.trim()) {
-            return Ok(cached);
-        }
+    if let Some(cached) = cached_layer(dir, &archive.sha256) {
+        return Ok(cached);
     }
+    let pointer = pointer_path(dir, &archive.sha256);
     let layout = |reason: String| OciError::Layout {
         path: archive.path.clone(),
         reason,
     };
     let small_blobs = scan_small_files(archive)?;
-    let json = |name: &str| -> Result<&[u8], OciError> {
-        small_blobs
-            .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| layout(format!("{name} is missing")))
-    };
-    let index: Index = serde_json::from_slice(json("index.json")?)
-        .map_err(|err| layout(format!("index.json: {err}")))?;
-    let [manifest] = index.manifests.as_slice() else {
-        return Err(layout(format!(
-            "expected one image, found {}",
-            index.manifests.len()
-        )));
-    };
-    let manifest_bytes = json(&blob_path(&manifest.digest).map_err(layout)?)?;
-    check_digest(&manifest.digest, manifest_bytes).map_err(layout)?;
-    let manifest: Manifest =
-        serde_json::from_slice(manifest_bytes).map_err(|err| layout(format!("manifest: {err}")))?;
-    let [layer] = manifest.layers.as_slice() else {
-        return Err(layout(format!(
-            "expected one layer, found {}",
-            manifest.layers.len()
-        )));
-    };
-    tracing::info!(digest = %layer.digest, media_type = %layer.media_type, "unpacking root filesystem layer");
-    let cached = copy_layer(archive, &layer.digest, dir)?;
-    download::write_atomically(&pointer, cached.sha256.as_bytes()).map_err(|err| {
-        OciError::Write {
-            path: pointer.clone(),
-            source: io::Error::other(err.to_string()),
+    let mut name = "index.json".to_owned();
+    let mut digest: Option<String> = None;
+    for _ in 0..MAX_INDEX_DEPTH {
+        let bytes = small_blobs
+            .get(&name)
+            .ok_or_else(|| layout(format!("{name} is missing")))?;
+        if let Some(digest) = &digest {
+            check_digest(digest, bytes).map_err(layout)?;
         }
-    })?;
-    Ok(cached)
+        let json: ImageJson =
+            serde_json::from_slice(bytes).map_err(|err| layout(format!("{name}: {err}")))?;
+        match (json.manifests, json.layers) {
+            (_, Some(layers)) => {
+                let [layer] = layers.as_slice() else {
+                    return Err(layout(format!(
+                        "expected one layer, found {}",
+                        layers.len()
+                    )));
+                };
+                tracing::info!(digest = %layer.digest, media_type = %layer.media_type, "unpacking root filesystem layer");
+                let cached = copy_layer(archive, &layer.digest, dir)?;
+                download::write_atomically(&pointer, cached.sha256.as_bytes()).map_err(
+                    |source| OciError::Write {
+                        path: pointer.clone(),
+                        source,
+                    },
+                )?;
+                return Ok(cached);
+            }
+            (Some(manifests), None) => {
+                let manifest = native_manifest(&manifests).map_err(layout)?;
+                name = blob_path(&manifest.digest).map_err(layout)?;
+                digest = Some(manifest.digest.clone());
+            }
+            (None, None) => return Err(layout(format!("{name} lists no manifests or layers"))),
+        }
+    }
+    Err(layout("image indexes nest too deeply".into()))
+}
+
+/// The layer taken earlier out of the archive with checksum `archive_sha256`.
+pub(crate) fn cached_layer(dir: &Path, archive_sha256: &str) -> Option<CachedFile> {
+    let digest = fs::read_to_string(pointer_path(dir, archive_sha256)).ok()?;
+    let digest = digest.trim();
+    let is_hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    is_hex
+        .then(|| download::cached_tarball(dir, digest))
+        .flatten()
+}
+
+fn pointer_path(dir: &Path, archive_sha256: &str) -> PathBuf {
+    dir.join(format!("{archive_sha256}.oci-layer"))
+}
+
+/// The one manifest of an index, or the one for linux/amd64 among several.
+fn native_manifest(manifests: &[Descriptor]) -> Result<&Descriptor, String> {
+    if let [only] = manifests {
+        return Ok(only);
+    }
+    manifests
+        .iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+        .ok_or_else(|| format!("none of {} images is for linux/amd64", manifests.len()))
 }
 
 /// `blobs/sha256/<hex>` for a `sha256:<hex>` digest.

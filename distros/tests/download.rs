@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use distros::{
-    acquire, acquire_url, AcquireError, AcquireOptions, Catalog, Compression, DownloadError,
-    ProgressMode, RootfsTarball,
+    acquire, acquire_url, cached, AcquireError, AcquireOptions, Catalog, Compression,
+    DownloadError, ProgressMode, RootfsTarball,
 };
 use http_server::{Request, Route, TestServer};
 use sha2::{Digest, Sha256};
@@ -63,6 +63,7 @@ fn serve(server: &TestServer, path: &str, body: &[u8], cuts: &[usize], honour_ra
             honour_range,
             cuts: cuts.iter().copied().collect::<VecDeque<_>>(),
             status: None,
+            wrong_range_start: None,
         },
     );
 }
@@ -115,6 +116,26 @@ impl Fixture {
             self.cache.path(),
             &OPTIONS,
         )
+    }
+
+    /// Leaves `bytes` as the partial download an earlier run was cut off in.
+    fn leave_partial(&self, bytes: &[u8]) {
+        fs::write(
+            self.downloads().join(format!("{}.partial", self.sha)),
+            bytes,
+        )
+        .unwrap();
+    }
+
+    /// Asserts the download tried to continue at byte 1000, then started over.
+    fn assert_resumed_then_restarted(&self) {
+        assert_eq!(
+            self.server.requests(),
+            [
+                request("/rootfs.tar.gz", Some("bytes=1000-".into())),
+                request("/rootfs.tar.gz", None),
+            ]
+        );
     }
 
     fn downloads(&self) -> PathBuf {
@@ -199,8 +220,7 @@ fn interrupted_download_resumes_with_range_and_gives_the_right_bytes() {
 #[test]
 fn partial_file_from_an_earlier_run_is_continued() {
     let f = Fixture::new(&[], true);
-    let partial = f.downloads().join(format!("{}.partial", f.sha));
-    fs::write(partial, &f.body[..1000]).unwrap();
+    f.leave_partial(&f.body[..1000]);
 
     let tarball = f.fetch(Some(&f.sha)).unwrap();
 
@@ -225,21 +245,34 @@ fn server_ignoring_range_gets_a_clean_restart() {
 }
 
 #[test]
-fn corrupt_partial_file_fails_checksum_then_downloads_cleanly() {
+fn range_answered_from_the_wrong_offset_restarts_cleanly() {
     let f = Fixture::new(&[], true);
-    let partial = f.downloads().join(format!("{}.partial", f.sha));
-    fs::write(partial, vec![0u8; 1000]).unwrap();
+    f.server.route(
+        "/rootfs.tar.gz",
+        Route {
+            body: f.body.clone(),
+            honour_range: true,
+            wrong_range_start: Some(0),
+            ..Route::default()
+        },
+    );
+    f.leave_partial(&f.body[..1000]);
 
     let tarball = f.fetch(Some(&f.sha)).unwrap();
 
     assert_eq!(fs::read(&tarball.path).unwrap(), f.body);
-    assert_eq!(
-        f.server.requests(),
-        [
-            request("/rootfs.tar.gz", Some("bytes=1000-".into())),
-            request("/rootfs.tar.gz", None),
-        ]
-    );
+    f.assert_resumed_then_restarted();
+}
+
+#[test]
+fn corrupt_partial_file_fails_checksum_then_downloads_cleanly() {
+    let f = Fixture::new(&[], true);
+    f.leave_partial(&[0u8; 1000]);
+
+    let tarball = f.fetch(Some(&f.sha)).unwrap();
+
+    assert_eq!(fs::read(&tarball.path).unwrap(), f.body);
+    f.assert_resumed_then_restarted();
 }
 
 #[test]
@@ -372,7 +405,7 @@ source = {{ kind = "tarball", url = "{}", {source} }}
 }
 
 #[test]
-fn acquire_release_reports_top_dir_to_strip() {
+fn acquire_release_reports_top_dir_to_strip_and_is_then_cached() {
     let server = TestServer::start();
     let body = rootfs_tar_gz("root.x86_64/");
     serve(&server, "/rootfs.tar.gz", &body, &[], true);
@@ -383,12 +416,15 @@ fn acquire_release_reports_top_dir_to_strip() {
             sha256_hex(&body)
         ),
     );
+    let release = catalog.resolve("testos").unwrap();
     let cache = tempfile::tempdir().unwrap();
+    assert_eq!(cached(release, cache.path()), None);
 
-    let tarball = acquire(catalog.resolve("testos").unwrap(), cache.path(), &OPTIONS).unwrap();
+    let tarball = acquire(release, cache.path(), &OPTIONS).unwrap();
 
     assert_eq!(tarball.top_dir.as_deref(), Some("root.x86_64"));
     assert_eq!(fs::read(&tarball.path).unwrap(), body);
+    assert_eq!(cached(release, cache.path()), Some(tarball));
 }
 
 #[test]

@@ -6,11 +6,11 @@
 use std::fs;
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use distros::{acquire, AcquireOptions, Catalog, Compression, ProgressMode};
+use distros::{acquire, cached, AcquireOptions, Catalog, Compression, ProgressMode};
 
 const CATALOG: &str = r#"
 name = "debian"
@@ -82,19 +82,26 @@ fn skip_reason() -> Option<String> {
     (!reachable).then(|| format!("the host's apt mirror {host} is not reachable"))
 }
 
+/// Today's cache; earlier days' caches are removed so they do not pile up.
 fn cache_dir() -> PathBuf {
     let days = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         / 86_400;
-    PathBuf::from(format!(
-        "/var/cache/distroctl-tests/distros-mmdebstrap-day{days}"
-    ))
+    let parent = Path::new("/var/cache/distroctl-tests");
+    let today = format!("distros-mmdebstrap-day{days}");
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("distros-mmdebstrap-day") && name != today {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    parent.join(today)
 }
 
 /// The contents of `name` in a plain tar, if present.
-fn file_in_tar(path: &std::path::Path, name: &str) -> Option<String> {
+fn file_in_tar(path: &Path, name: &str) -> Option<String> {
     let mut tar = tar::Archive::new(fs::File::open(path).unwrap());
     for entry in tar.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -135,13 +142,14 @@ fn mmdebstrap_builds_bookworm_and_caches_it() {
         started.elapsed().as_secs_f64()
     );
     let again = Instant::now();
-    let cached = acquire(release, &cache, &options).unwrap();
+    let second = acquire(release, &cache, &options).unwrap();
 
     assert_eq!(tarball.compression, Compression::None);
     assert!(tarball.path.starts_with(cache.join("mmdebstrap")));
     let version = file_in_tar(&tarball.path, "etc/debian_version").expect("etc/debian_version");
     assert!(version.starts_with("12."), "debian_version {version:?}");
-    assert_eq!(cached, tarball);
+    assert_eq!(second, tarball);
+    assert_eq!(cached(release, &cache), Some(tarball.clone()));
     assert!(again.elapsed() < Duration::from_secs(1));
     let leftovers: Vec<_> = fs::read_dir(cache.join("mmdebstrap"))
         .unwrap()

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{Read, Write};
 
-use distros::{acquire, AcquireError, AcquireOptions, Catalog, Compression, ProgressMode};
+use distros::{acquire, cached, AcquireError, AcquireOptions, Catalog, Compression, ProgressMode};
 use http_server::{Route, TestServer};
 use sha2::{Digest, Sha256};
 
@@ -37,10 +37,20 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
     builder.append_data(&mut header, path, data).unwrap();
 }
 
+/// How `index.json` leads to the image manifest.
+#[derive(Clone, Copy)]
+enum IndexShape {
+    /// `index.json` lists the manifest.
+    Direct,
+    /// `index.json` lists an image index that lists an arm64 and an amd64
+    /// manifest.
+    MultiPlatform,
+}
+
 /// An xz-compressed OCI archive whose layer (gzip) holds `etc/os-release`,
 /// with `layers` copies of that layer listed in the manifest; and the
 /// layer's digest.
-fn oci_archive(layers: usize) -> (Vec<u8>, String) {
+fn oci_archive(layers: usize, shape: IndexShape) -> (Vec<u8>, String) {
     let mut rootfs = tar::Builder::new(Vec::new());
     append(&mut rootfs, "etc/os-release", b"ID=fedora\n");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -56,8 +66,6 @@ fn oci_archive(layers: usize) -> (Vec<u8>, String) {
         vec![descriptor; layers].join(",")
     );
     let manifest_digest = digest(manifest.as_bytes());
-    let index = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{manifest_digest}"}}]}}"#);
-
     let mut archive = tar::Builder::new(Vec::new());
     append(
         &mut archive,
@@ -66,6 +74,21 @@ fn oci_archive(layers: usize) -> (Vec<u8>, String) {
     );
     append(&mut archive, &blob(&layer_digest), &layer);
     append(&mut archive, &blob(&manifest_digest), manifest.as_bytes());
+    let top_digest = match shape {
+        IndexShape::Direct => manifest_digest,
+        IndexShape::MultiPlatform => {
+            let platforms = format!(
+                r#"{{"schemaVersion":2,"manifests":[
+                    {{"digest":"{}","platform":{{"architecture":"arm64","os":"linux"}}}},
+                    {{"digest":"{manifest_digest}","platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+                digest(b"an arm64 manifest that is not in the archive")
+            );
+            let platforms_digest = digest(platforms.as_bytes());
+            append(&mut archive, &blob(&platforms_digest), platforms.as_bytes());
+            platforms_digest
+        }
+    };
+    let index = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{top_digest}"}}]}}"#);
     append(&mut archive, "index.json", index.as_bytes());
     let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
     xz.write_all(&archive.into_inner().unwrap()).unwrap();
@@ -81,6 +104,7 @@ fn serve_release(server: &TestServer, archive: &[u8]) -> Catalog {
             honour_range: true,
             cuts: VecDeque::new(),
             status: None,
+            wrong_range_start: None,
         },
     );
     let text = format!(
@@ -110,7 +134,7 @@ source = {{ kind = "tarball", url = "{}", sha256 = "{}", oci_archive = true }}
 #[test]
 fn oci_archive_release_gives_its_verified_layer() {
     let server = TestServer::start();
-    let (archive, layer_digest) = oci_archive(1);
+    let (archive, layer_digest) = oci_archive(1, IndexShape::Direct);
     let catalog = serve_release(&server, &archive);
     let cache = tempfile::tempdir().unwrap();
 
@@ -132,7 +156,7 @@ fn oci_archive_release_gives_its_verified_layer() {
 #[test]
 fn oci_archive_layer_is_reused_without_rescanning() {
     let server = TestServer::start();
-    let (archive, _) = oci_archive(1);
+    let (archive, _) = oci_archive(1, IndexShape::Direct);
     let catalog = serve_release(&server, &archive);
     let release = catalog.resolve("fedora:44").unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -146,13 +170,14 @@ fn oci_archive_layer_is_reused_without_rescanning() {
     let second = acquire(release, cache.path(), &OPTIONS).unwrap();
 
     assert_eq!(second, first);
+    assert_eq!(cached(release, cache.path()), Some(first));
     assert_eq!(server.requests().len(), 1);
 }
 
 #[test]
 fn oci_archive_with_two_layers_is_refused() {
     let server = TestServer::start();
-    let (archive, _) = oci_archive(2);
+    let (archive, _) = oci_archive(2, IndexShape::Direct);
     let catalog = serve_release(&server, &archive);
     let cache = tempfile::tempdir().unwrap();
 
@@ -165,4 +190,16 @@ fn oci_archive_with_two_layers_is_refused() {
         source.to_string().contains("expected one layer, found 2"),
         "{source}"
     );
+}
+
+#[test]
+fn oci_archive_with_platform_index_gives_the_amd64_layer() {
+    let server = TestServer::start();
+    let (archive, layer_digest) = oci_archive(1, IndexShape::MultiPlatform);
+    let catalog = serve_release(&server, &archive);
+    let cache = tempfile::tempdir().unwrap();
+
+    let tarball = acquire(catalog.resolve("fedora").unwrap(), cache.path(), &OPTIONS).unwrap();
+
+    assert_eq!(format!("sha256:{}", tarball.sha256), layer_digest);
 }

@@ -277,11 +277,8 @@ fn check_download_url(url: &str) -> Result<(), String> {
             Ok(())
         };
     }
-    if let Some(rest) = url.strip_prefix("http://") {
-        let host = rest.split(['/', ':']).next().unwrap_or_default();
-        if matches!(host, "127.0.0.1" | "localhost") || rest.starts_with("[::1]") {
-            return Ok(());
-        }
+    if url.starts_with("http://") && crate::download::is_loopback_url(url) {
+        return Ok(());
     }
     Err(format!("`{url}` is not an https:// URL"))
 }

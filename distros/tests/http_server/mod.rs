@@ -20,6 +20,9 @@ pub struct Route {
     pub cuts: VecDeque<usize>,
     /// Answer with this status and no body instead.
     pub status: Option<u16>,
+    /// Answer a range request with a 206 for this offset instead of the
+    /// one asked for (a broken server or cache).
+    pub wrong_range_start: Option<usize>,
 }
 
 /// One request the server received.
@@ -130,7 +133,8 @@ fn serve(
         .filter(|_| route.honour_range)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
-        .and_then(|n| n.parse::<usize>().ok());
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|asked| route.wrong_range_start.unwrap_or(asked));
     let len = route.body.len();
     match start {
         Some(start) if start >= len => {
