@@ -13,7 +13,7 @@ use super::{binary, Cli};
 static ONE_VM: Mutex<()> = Mutex::new(());
 
 /// Kernels and initramfs images are shared between tests (fetched once).
-const SHARED_CACHE: &str = "/var/cache/distroctl-tests/cache";
+pub const SHARED_CACHE: &str = "/var/cache/distroctl-tests/cache";
 
 pub struct TestVm {
     pub home: tempfile::TempDir,
