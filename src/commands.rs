@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             return Ok(0);
         }
         Command::Unregister { name, yes: false }
-            if !status::confirm(&format!("Delete distro {name} and all its files?"))? =>
+            if !status::confirm(&format!("Delete distro {name} and all its files?"), "--yes")? =>
         {
             eprintln!("Kept {name}");
             return Ok(1);
@@ -213,7 +213,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                         return Err(ClientError::Agent(e).into());
                     }
                     let question = format!("{name} is not installed. Install it from the catalog?");
-                    if !install && !status::confirm(&question)? {
+                    if !install && !status::confirm(&question, "--install")? {
                         return Ok(1);
                     }
                     let plan = install::plan(&catalog, &name, Some(name.clone()))?;

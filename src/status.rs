@@ -146,11 +146,11 @@ pub fn config() -> Result<(), AnyError> {
 }
 
 /// Asks a yes/no question on the terminal. Without a terminal there is no
-/// one to ask: that is an error telling the user to pass `--yes`.
-pub fn confirm(question: &str) -> Result<bool, AnyError> {
+/// one to ask: that is an error telling the user to pass `flag`.
+pub fn confirm(question: &str, flag: &str) -> Result<bool, AnyError> {
     if !std::io::stdin().is_terminal() {
         return Err(
-            format!("{question} Not confirmed: pass --yes to confirm without a terminal").into(),
+            format!("{question} Not confirmed: pass {flag} to confirm without a terminal").into(),
         );
     }
     eprint!("{question} [y/N] ");

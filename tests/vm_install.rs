@@ -159,6 +159,35 @@ fn wrong_checksum_is_refused_and_nothing_is_registered() {
 }
 
 #[test]
+fn start_offers_to_install_a_missing_catalog_distro() {
+    let vm = TestVm::new("");
+    let server = TestServer::start();
+    let (body, sha) = unique_fixture();
+    server.route(
+        "/fixture.tar.gz",
+        Route {
+            body,
+            honour_range: true,
+            ..Route::default()
+        },
+    );
+    write_catalog(&vm, &server.url("/fixture.tar.gz"), &sha);
+
+    let asked = vm.run(&["start", "fixture"]);
+    assert_eq!(asked.status.code(), Some(1));
+    let err = text(&asked.stderr);
+    assert!(err.contains("not installed") && err.contains("--install"), "{err}");
+    assert!(server.requests().is_empty(), "nothing downloaded without consent");
+
+    vm.ok(&["start", "fixture", "--install"]);
+    let list = text(&vm.ok(&["list"]).stdout);
+    assert!(list_row(&list, "fixture").contains("running"), "{list}");
+    let out = vm.run(&["start", "nosuch", "--install"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("nosuch"), "{out:?}");
+}
+
+#[test]
 fn unknown_catalog_distro_lists_what_exists() {
     let vm = TestVm::new("");
 
