@@ -5,6 +5,8 @@ mod agent_client;
 mod config;
 mod exec;
 mod guest;
+mod ide;
+mod net;
 mod paths;
 mod status;
 mod terminal;
@@ -133,6 +135,8 @@ enum Command {
     /// Run the utility VM (started by distroctl itself, detached).
     #[command(hide = true)]
     VmRun(vm::runner::RunnerArgs),
+    #[command(flatten)]
+    Network(net::commands::NetworkCommand),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -283,6 +287,10 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
         Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
         Command::Config => return status::config().map(|()| 0),
+        Command::Network(net::commands::NetworkCommand::Ports) => {
+            net::commands::ports();
+            return Ok(0);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "distroctl", &mut std::io::stdout());
@@ -390,6 +398,7 @@ async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Shutdown => {
             simple(Request::Shutdown).await?;
         }
+        Command::Network(cmd) => return net::commands::run(cmd, &socket).await,
         Command::VmRun(_) => unreachable!("handled before the runtime starts"),
         Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
             unreachable!("handled before connecting")
