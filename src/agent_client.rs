@@ -115,7 +115,7 @@ async fn connect_now(addr: &AgentAddr) -> Result<Connection, ClientError> {
         }
     }
     let mut conn = Framed::new(stream, FrameCodec);
-    conn.send(Frame::Hello(Hello::new(concat!(
+    conn.send(Frame::Hello(Hello::with_wall_clock(concat!(
         "distroctl ",
         env!("CARGO_PKG_VERSION")
     ))))

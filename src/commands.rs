@@ -11,7 +11,7 @@ use crate::agent_client::{self, AgentAddr, ClientError};
 use crate::config::Config;
 use crate::manager::client::{self as manager, Lease};
 use crate::{
-    exec, install, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts,
+    exec, install, net, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts,
 };
 
 /// The agent a command talks to, and the lease that keeps its VM up.
@@ -107,6 +107,10 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
         Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
         Command::Config => return status::config().map(|()| 0),
+        Command::Network(net::commands::NetworkCommand::Ports) => {
+            net::commands::ports();
+            return Ok(0);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "distroctl", &mut std::io::stdout());
@@ -321,6 +325,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Shutdown => {
             session.request(Request::Shutdown).await?;
         }
+        Command::Network(cmd) => return net::commands::run(cmd, &session.addr).await,
         Command::Daemon | Command::VmRun(_) => unreachable!("handled before the runtime starts"),
         Command::Install { .. } => unreachable!("handled before the session opens"),
         Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {

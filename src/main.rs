@@ -6,8 +6,10 @@ mod commands;
 mod config;
 mod exec;
 mod guest;
+mod ide;
 mod install;
 mod manager;
+mod net;
 mod paths;
 mod status;
 mod terminal;
@@ -188,6 +190,8 @@ enum Command {
     /// Run the utility VM (started by the manager, detached).
     #[command(hide = true)]
     VmRun(vm::runner::RunnerArgs),
+    #[command(flatten)]
+    Network(net::commands::NetworkCommand),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -176,8 +176,14 @@ fn start_offers_to_install_a_missing_catalog_distro() {
     let asked = vm.run(&["start", "fixture"]);
     assert_eq!(asked.status.code(), Some(1));
     let err = text(&asked.stderr);
-    assert!(err.contains("not installed") && err.contains("--install"), "{err}");
-    assert!(server.requests().is_empty(), "nothing downloaded without consent");
+    assert!(
+        err.contains("not installed") && err.contains("--install"),
+        "{err}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "nothing downloaded without consent"
+    );
 
     vm.ok(&["start", "fixture", "--install"]);
     let list = text(&vm.ok(&["list"]).stdout);

@@ -4,11 +4,15 @@
 
 pub mod archive;
 pub mod cgroup;
+pub mod clock;
 pub mod distro_init;
 pub mod exec;
 pub mod lifecycle;
 pub mod namespaces;
+pub mod port_watch;
+pub mod relay;
 pub mod server;
+pub mod sock_diag;
 pub mod store;
 pub mod transfer;
 

@@ -110,13 +110,16 @@ impl Agent {
                     let _ = std::fs::remove_file(path);
                     Listener::Unix(tokio::net::UnixListener::bind(path).map_err(err)?)
                 }
-                ListenAddr::Vsock(port) => Listener::Vsock(
-                    tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
-                        tokio_vsock::VMADDR_CID_ANY,
-                        *port,
-                    ))
-                    .map_err(err)?,
-                ),
+                ListenAddr::Vsock(port) => {
+                    crate::clock::enable();
+                    Listener::Vsock(
+                        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                            tokio_vsock::VMADDR_CID_ANY,
+                            *port,
+                        ))
+                        .map_err(err)?,
+                    )
+                }
             };
             let this = Arc::clone(&self);
             tokio::spawn(async move {
@@ -158,6 +161,7 @@ impl Agent {
                         .await;
                     return;
                 }
+                crate::clock::follow_host(hello.wall_clock.as_ref());
                 let reply = Hello::new(concat!("distroctl-agent ", env!("CARGO_PKG_VERSION")));
                 if conn.send(Frame::Hello(reply)).await.is_err() {
                     return;
@@ -238,6 +242,10 @@ impl Agent {
                 Ok(()) => Response::Ok,
                 Err(e) => e.to_response(),
             },
+            Request::WatchPorts => return crate::port_watch::serve(conn).await,
+            Request::Connect { distro, port } => {
+                return crate::relay::serve(conn, distro, port, distros).await
+            }
             Request::Shutdown => {
                 self.shutting_down.store(true, Ordering::SeqCst);
                 distros.terminate_all().await;

@@ -10,12 +10,14 @@
 mod agent_lifecycle;
 mod console;
 mod data_disk;
+mod guest_network;
 mod kernel_modules;
 mod mountinfo;
 mod mounts;
 mod network;
 mod power;
 mod restart_policy;
+mod rtnetlink;
 mod supervisor;
 mod switch_root;
 
@@ -92,8 +94,31 @@ fn boot() -> Shutdown {
         Ok(()) => log!("loopback up"),
         Err(e) => log!("{}", chain(&e)),
     }
+    bring_up_guest_network();
 
     supervisor::supervise(&agent_command())
+}
+
+/// Configures the Ethernet interface from the kernel command line; a VM
+/// without network still runs its distros, so failures are only logged.
+fn bring_up_guest_network() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let network = match guest_network::parse_cmdline(&cmdline) {
+        Ok(Some(network)) => network,
+        Ok(None) => return log!("no network configured by the host"),
+        Err(e) => return log!("{}", chain(&e)),
+    };
+    match guest_network::configure(&network) {
+        Ok(name) => log!(
+            "{name} up: {}/{} via {}, dns {}, mtu {}",
+            network.address,
+            network.prefix,
+            network.gateway,
+            network.dns,
+            network.mtu
+        ),
+        Err(e) => log!("{}", chain(&e)),
+    }
 }
 
 /// Moves off the initramfs root when `/` is still rootfs; on success this

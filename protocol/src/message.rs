@@ -20,6 +20,39 @@ pub struct Hello {
     pub protocol: u32,
     /// Free-form software name and version, for logs and `distroctl status`.
     pub software: String,
+    /// The sender's wall clock when it sent the hello. The host sends it;
+    /// the agent sets the guest clock from it when the two differ by more
+    /// than a small skew (a VM that was suspended with its host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_clock: Option<WallClock>,
+}
+
+/// A point in time as seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WallClock {
+    /// Whole seconds since 1970-01-01 UTC.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+impl WallClock {
+    /// The current time of this machine's realtime clock.
+    pub fn now() -> WallClock {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        WallClock {
+            secs: since.as_secs() as i64,
+            nanos: since.subsec_nanos(),
+        }
+    }
+
+    /// `self - other` in nanoseconds (saturating).
+    pub fn nanos_since(&self, other: &WallClock) -> i128 {
+        let ns = |c: &WallClock| i128::from(c.secs) * 1_000_000_000 + i128::from(c.nanos);
+        ns(self) - ns(other)
+    }
 }
 
 impl Hello {
@@ -29,6 +62,16 @@ impl Hello {
             magic: HELLO_MAGIC.to_string(),
             protocol: PROTOCOL_VERSION,
             software: software.into(),
+            wall_clock: None,
+        }
+    }
+
+    /// The hello this build sends, naming `software` and carrying the
+    /// current wall clock.
+    pub fn with_wall_clock(software: impl Into<String>) -> Self {
+        Hello {
+            wall_clock: Some(WallClock::now()),
+            ..Hello::new(software)
         }
     }
 }
@@ -176,6 +219,39 @@ pub enum Request {
     /// Terminate every distro and flush the data disk; the agent then stops
     /// accepting work.
     Shutdown,
+    /// Watch the VM's listening TCP sockets: the agent answers with one
+    /// `port_event` per listener present now, then one per change, until
+    /// the client disconnects.
+    WatchPorts,
+    /// Relay a byte stream to a TCP port inside the VM: the agent connects
+    /// to 127.0.0.1 (else ::1) on `port`, answers `connected`, then both
+    /// sides send `Data` frames; `DataEnd` half-closes that direction.
+    Connect {
+        /// When given, the distro must exist and is started first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        distro: Option<String>,
+        /// TCP port inside the VM (distros share its network).
+        port: u16,
+    },
+}
+
+/// Whether a listener appeared or went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortChange {
+    /// A socket started listening.
+    Appeared,
+    /// The socket stopped listening.
+    Disappeared,
+}
+
+/// A listening TCP socket inside the VM that the host may forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Listener {
+    /// The address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`, `::1`).
+    pub address: std::net::IpAddr,
+    /// Its port.
+    pub port: u16,
 }
 
 /// State of a distro.
@@ -233,6 +309,8 @@ pub enum ErrorKind {
     StartFailed,
     /// The agent is shutting down.
     ShuttingDown,
+    /// Nothing accepts connections on the requested port.
+    ConnectionRefused,
     /// Anything else; the message says what.
     Internal,
 }
@@ -285,6 +363,15 @@ pub enum Response {
         /// One entry per distro, sorted by name.
         distros: Vec<DistroInfo>,
     },
+    /// A listener appeared or disappeared (answer to `watch_ports`).
+    PortEvent {
+        /// Appeared or disappeared.
+        change: PortChange,
+        /// The listener.
+        listener: Listener,
+    },
+    /// The relay to the port is open (answer to `connect`).
+    Connected,
     /// The request failed.
     Error(AgentError),
 }
@@ -324,6 +411,44 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    #[test]
+    fn port_event_json_names_change_address_and_port() {
+        let resp = Response::PortEvent {
+            change: PortChange::Appeared,
+            listener: Listener {
+                address: "::1".parse().unwrap(),
+                port: 8123,
+            },
+        };
+
+        let json = serde_json::to_string(&resp).unwrap();
+
+        assert_eq!(
+            json,
+            r#"{"type":"port_event","change":"appeared","listener":{"address":"::1","port":8123}}"#
+        );
+    }
+
+    #[test]
+    fn hello_without_wall_clock_still_parses() {
+        let hello: Hello =
+            serde_json::from_str(r#"{"magic":"distroctl","protocol":1,"software":"x"}"#).unwrap();
+
+        assert_eq!(hello.wall_clock, None);
+    }
+
+    #[test]
+    fn wall_clock_difference_is_signed_nanoseconds() {
+        let a = WallClock { secs: 10, nanos: 5 };
+        let b = WallClock {
+            secs: 9,
+            nanos: 999_999_999,
+        };
+
+        assert_eq!(a.nanos_since(&b), 6);
+        assert_eq!(b.nanos_since(&a), -6);
     }
 
     #[test]

@@ -355,6 +355,8 @@ mod tests {
                 ],
             ),
             ("overlay", &[]),
+            ("inet_diag", &[]),
+            ("tcp_diag", &["inet_diag"]),
         ];
         for (name, depends) in tree {
             fs::write(
@@ -451,9 +453,10 @@ mod tests {
         assert!(at("failover") < at("net_failover"));
         assert!(at("net_failover") < at("virtio_net"));
         assert!(at("vmw_vsock_virtio_transport_common") < at("vmw_vsock_virtio_transport"));
+        assert!(at("inet_diag") < at("tcp_diag"));
         assert_eq!(
             lines.len(),
-            11,
+            13,
             "built-in modules must not be listed:\n{order}"
         );
         for line in &lines {

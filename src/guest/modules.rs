@@ -19,7 +19,9 @@ use super::modinfo::{self, ModinfoError};
 /// Modules the utility VM needs, by name: the virtio-mmio transport (QEMU
 /// `microvm` and the own VMM put every device there), the data disk, the
 /// network, vsock to the host, the data disk's filesystem (with its
-/// checksum helpers) and overlayfs for distros. Most are built into some
+/// checksum helpers), overlayfs for distros, and the socket diagnostics
+/// the agent reads listening ports with (the initramfs has no `modprobe`
+/// for the kernel to load them on demand). Most are built into some
 /// kernels; those are skipped.
 pub const UTILITY_VM_MODULES: &[&str] = &[
     "virtio_mmio",
@@ -34,6 +36,8 @@ pub const UTILITY_VM_MODULES: &[&str] = &[
     "jbd2",
     "ext4",
     "overlay",
+    "inet_diag",
+    "tcp_diag",
 ];
 
 /// A module file's name endings and how its contents are stored.

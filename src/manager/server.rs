@@ -77,6 +77,8 @@ struct Manager {
     stopping: AtomicBool,
     last_crash: StdMutex<Option<String>>,
     events: broadcast::Sender<FromManager>,
+    /// Forwards the VM's listening ports to the host while the VM runs.
+    forwarder: StdMutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Runs the manager until the VM is stopped and unused. Blocking: it owns
@@ -129,7 +131,11 @@ pub fn run() -> Result<(), DaemonError> {
             stopping: AtomicBool::new(false),
             last_crash: StdMutex::new(None),
             events: broadcast::channel(16).0,
+            forwarder: StdMutex::new(None),
         });
+        if adopted {
+            manager.start_forwarding();
+        }
         tracing::info!(
             pid = std::process::id(),
             "manager listening on {}",
@@ -185,6 +191,43 @@ fn config_for(backend: Option<&str>) -> Result<Config, String> {
 }
 
 impl Manager {
+    /// Starts localhost port forwarding for the running VM, unless the
+    /// config turns it off.
+    fn start_forwarding(&self) {
+        let enabled = Config::load(&Config::default_path()).map_or(true, |c| c.port_forwarding);
+        if !enabled {
+            return;
+        }
+        let options = crate::net::forward::ForwardOptions {
+            state_file: Some(crate::net::state_file()),
+            ..Default::default()
+        };
+        let addr = control::agent_addr(&self.paths);
+        let table = Arc::default();
+        let task = tokio::spawn(crate::net::forward::run(addr, options, table));
+        if let Some(old) = self
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops port forwarding (the VM is going away).
+    fn stop_forwarding(&self) {
+        if let Some(task) = self
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(crate::net::state_file());
+    }
+
     fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
@@ -318,6 +361,7 @@ impl Manager {
                 *slot = VmSlot::Running {
                     runner: Some(runner),
                 };
+                self.start_forwarding();
                 Ok(())
             }
             Err(e) => {
@@ -335,6 +379,7 @@ impl Manager {
             return false;
         }
         tracing::info!("shutting the VM down: {why}");
+        self.stop_forwarding();
         let _ = self.events.send(FromManager::Stopping {
             reason: format!("the utility VM was shut down ({why})"),
         });
@@ -445,6 +490,7 @@ impl Manager {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
+        self.stop_forwarding();
         self.paths.remove_runtime_files();
         let when = humantime_now();
         let what = match code {
@@ -471,6 +517,7 @@ impl Manager {
                 *slot = VmSlot::Running {
                     runner: Some(runner),
                 };
+                self.start_forwarding();
             }
             Err(e) => tracing::warn!(error = %crate::describe(&e, true), "restart failed"),
         }

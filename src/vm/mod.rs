@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod control;
 pub mod data_disk;
+pub mod passt;
 pub mod qemu;
 pub mod runner;
 pub mod state;

@@ -7,6 +7,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use super::passt::GuestNetwork;
+
 /// Guest CID of the utility VM (set by our vsock backend, not by QEMU).
 pub const GUEST_CID: u64 = 3;
 
@@ -38,6 +40,9 @@ pub struct QemuSpec {
     pub console_log: PathBuf,
     /// Host TSC frequency, handed to a TCG guest (see [`super::accel::tsc_khz`]).
     pub tsc_khz: Option<u64>,
+    /// passt's socket and the guest network it serves; no network device
+    /// when absent.
+    pub network: Option<(PathBuf, GuestNetwork)>,
 }
 
 impl QemuSpec {
@@ -75,10 +80,15 @@ impl QemuSpec {
         push("-initrd".into());
         push(self.initrd.display().to_string());
         push("-append".into());
-        push(match self.tsc_khz.filter(|_| !self.kvm) {
-            Some(khz) => format!("{KERNEL_CMDLINE} tsc_early_khz={khz}"),
-            None => KERNEL_CMDLINE.to_string(),
-        });
+        let mut cmdline = KERNEL_CMDLINE.to_string();
+        if let Some(khz) = self.tsc_khz.filter(|_| !self.kvm) {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        if let Some((_, network)) = &self.network {
+            cmdline.push(' ');
+            cmdline.push_str(&network.kernel_args());
+        }
+        push(cmdline);
         push("-chardev".into());
         push(format!(
             "file,id=console,path={}",
@@ -100,6 +110,15 @@ impl QemuSpec {
         ));
         push("-device".into());
         push("vhost-user-vsock-device,chardev=vsock".into());
+        if let Some((socket, _)) = &self.network {
+            push("-netdev".into());
+            push(format!(
+                "stream,id=net,server=off,addr.type=unix,addr.path={}",
+                escape(socket)
+            ));
+            push("-device".into());
+            push("virtio-net-device,netdev=net".into());
+        }
         a
     }
 }
@@ -126,6 +145,7 @@ mod tests {
             vhost_socket: "/r/vhost.sock".into(),
             console_log: "/d/console.log".into(),
             tsc_khz: Some(2_600_000),
+            network: Some(("/r/net.sock".into(), GuestNetwork::default())),
         }
     }
 
@@ -165,5 +185,16 @@ mod tests {
         assert!(args.contains("file=/d/da,,ta.img,format=raw"));
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("-serial chardev:console"));
+    }
+
+    #[test]
+    fn network_device_connects_to_passt_and_init_learns_the_addresses() {
+        let args = joined(&spec(false));
+
+        assert!(
+            args.contains("-netdev stream,id=net,server=off,addr.type=unix,addr.path=/r/net.sock")
+        );
+        assert!(args.contains("-device virtio-net-device,netdev=net"));
+        assert!(args.contains("distroctl.ip=10.0.2.15/24 distroctl.gw=10.0.2.2"));
     }
 }

@@ -111,6 +111,8 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         GUEST_CID,
     )
     .map_err(RunnerError::Vsock)?;
+    let network = super::passt::GuestNetwork::default();
+    let passt = super::passt::start_in(&paths.dir, &network);
 
     let spec = QemuSpec {
         binary: args.qemu.clone(),
@@ -123,6 +125,7 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         vhost_socket: paths.vhost_socket(),
         console_log: args.console_log.clone(),
         tsc_khz: super::accel::tsc_khz(),
+        network: passt.as_ref().map(|p| (p.socket().to_owned(), network)),
     };
     let mut cmd = Command::new(&spec.binary);
     cmd.args(spec.args())
@@ -176,6 +179,7 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         }
     };
     tracing::info!(code, "QEMU exited");
+    drop(passt);
     drop(backend);
     paths.remove_runtime_files();
     Ok(code)
