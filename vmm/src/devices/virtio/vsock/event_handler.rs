@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::defs::{EVQ_INDEX, NUM_QUEUES, RXQ_INDEX, TXQ_INDEX};
 use super::device::{DeviceError, VsockDevice, VsockEvent};
+use crate::devices::virtio::EventDrivenDevice;
 
 /// How the transport raises the guest's used-buffer interrupt.
 pub trait InterruptSignal {
@@ -222,6 +223,37 @@ impl<I: InterruptSignal> VsockEventHandler<I> {
                 }
             }
         }
+    }
+}
+
+/// The vsock device on the VMM's event loop (see
+/// `crate::devices::virtio::mmio`): queue notifications and host-socket
+/// readiness run the same [`VsockDevice::handle_event`] as
+/// [`VsockEventHandler::handle`].
+impl EventDrivenDevice for VsockDevice {
+    fn process_queue(&mut self, index: usize) -> Result<bool, DeviceError> {
+        let Some(event) = VsockEvent::for_queue(index) else {
+            return Ok(false);
+        };
+        Ok(self.handle_event(event)?.any())
+    }
+
+    fn host_fds(&self) -> Vec<RawFd> {
+        vec![self.as_raw_fd()]
+    }
+
+    fn process_host_fd(&mut self, _fd: RawFd) -> Result<bool, DeviceError> {
+        if !self.is_activated() {
+            // Host clients may connect before the guest driver is up; their
+            // packets wait in the muxer.
+            self.process_backend()?;
+            return Ok(false);
+        }
+        Ok(self.handle_event(VsockEvent::Backend)?.any())
+    }
+
+    fn is_activated(&self) -> bool {
+        VsockDevice::is_activated(self)
     }
 }
 
