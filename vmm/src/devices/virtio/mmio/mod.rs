@@ -69,6 +69,7 @@
 pub mod defs;
 pub mod event_handler;
 pub mod interrupt;
+mod queue_registers;
 #[cfg(test)]
 pub(crate) mod test_driver;
 pub mod transport;

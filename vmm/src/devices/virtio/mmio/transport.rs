@@ -10,13 +10,13 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::defs::*;
 use super::event_handler::VirtioEventHandler;
 use super::interrupt::{InterruptError, InterruptLine, InterruptReason};
+use super::queue_registers::{set_half, ActivationError, QueueRegisters};
 use super::{lock_device, MMIO_WINDOW_SIZE};
 use crate::devices::virtio::{EventDrivenDevice, VirtioDevice};
 
@@ -32,70 +32,6 @@ pub enum MmioError {
     /// The interrupt line could not be created.
     #[error("cannot create the interrupt line")]
     Interrupt(#[source] InterruptError),
-}
-
-/// Why the driver's queues could not be handed to the device at DRIVER_OK.
-#[derive(Debug, thiserror::Error)]
-enum ActivationError {
-    #[error("queue {0} has an invalid size or ring address")]
-    QueueSetup(usize, #[source] virtio_queue::Error),
-    #[error("queue {0} is ready but its rings lie outside guest memory")]
-    QueueOutsideMemory(usize),
-    #[error("the device refused activation: {0}")]
-    Device(String),
-}
-
-/// The `Queue*` registers of one queue, as the driver wrote them.
-#[derive(Clone, Copy, Debug, Default)]
-struct QueueRegisters {
-    max_size: u16,
-    size: u16,
-    ready: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
-}
-
-impl QueueRegisters {
-    fn new(max_size: u16) -> Self {
-        Self {
-            max_size,
-            size: max_size,
-            ..Self::default()
-        }
-    }
-
-    fn to_queue(self, index: usize, mem: &GuestMemoryMmap) -> Result<Queue, ActivationError> {
-        let setup = |e| ActivationError::QueueSetup(index, e);
-        let mut queue = Queue::new(self.max_size).map_err(setup)?;
-        if !self.ready {
-            return Ok(queue);
-        }
-        queue.try_set_size(self.size).map_err(setup)?;
-        queue
-            .try_set_desc_table_address(GuestAddress(self.desc))
-            .map_err(setup)?;
-        queue
-            .try_set_avail_ring_address(GuestAddress(self.driver))
-            .map_err(setup)?;
-        queue
-            .try_set_used_ring_address(GuestAddress(self.device))
-            .map_err(setup)?;
-        queue.set_ready(true);
-        if !queue.is_valid(mem) {
-            return Err(ActivationError::QueueOutsideMemory(index));
-        }
-        Ok(queue)
-    }
-}
-
-/// Sets the low or high half of a 64-bit register.
-fn set_half(register: &mut u64, high: bool, value: u32) {
-    *register = if high {
-        (*register & 0xffff_ffff) | (u64::from(value) << 32)
-    } else {
-        (*register & !0xffff_ffff) | u64::from(value)
-    };
 }
 
 /// One virtio device behind the virtio-mmio version 2 register interface.
@@ -429,9 +365,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, registers) in self.queues.iter().enumerate() {
-            let mut queue = registers.to_queue(index, &self.mem)?;
-            queue.set_event_idx(event_idx);
-            queues.push(queue);
+            queues.push(registers.to_queue(index, &self.mem, event_idx)?);
         }
         lock_device(&self.device)
             .activate(self.mem.clone(), queues)
@@ -480,6 +414,9 @@ impl<D: EventDrivenDevice + Send> MmioTransport<D> {
 
 #[cfg(test)]
 mod tests {
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestAddress;
+
     use super::*;
     use crate::devices::virtio::mmio::test_driver::{
         initialize, negotiate, read_reg, setup_queue, take_interrupt, test_memory, write_reg,
@@ -493,13 +430,26 @@ mod tests {
     type QueueLayout = (bool, u16, u64, u64, u64);
 
     /// A device that records what the transport did to it.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct RecordingDevice {
+        max_sizes: Vec<u16>,
         acked: u64,
         /// Each queue at activation.
         activated_with: Option<Vec<QueueLayout>>,
         resets: u32,
         refuse_activation: bool,
+    }
+
+    impl Default for RecordingDevice {
+        fn default() -> Self {
+            Self {
+                max_sizes: vec![16, 8],
+                acked: 0,
+                activated_with: None,
+                resets: 0,
+                refuse_activation: false,
+            }
+        }
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -514,7 +464,7 @@ mod tests {
         }
 
         fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 8]
+            &self.max_sizes
         }
 
         fn avail_features(&self) -> u64 {
@@ -894,34 +844,14 @@ mod tests {
 
     #[test]
     fn queue_max_size_that_is_not_a_power_of_two_is_refused() {
-        #[derive(Debug, Default)]
-        struct OddQueue(RecordingDevice);
-        impl VirtioDevice for OddQueue {
-            type Error = Refused;
-            fn device_type(&self) -> u32 {
-                1
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                &[12]
-            }
-            fn avail_features(&self) -> u64 {
-                self.0.avail_features()
-            }
-            fn acked_features(&self) -> u64 {
-                0
-            }
-            fn ack_features(&mut self, _: u64) {}
-            fn read_config(&self, _: u64, _: &mut [u8]) {}
-            fn write_config(&mut self, _: u64, _: &[u8]) {}
-            fn activate(&mut self, _: GuestMemoryMmap, _: Vec<Queue>) -> Result<(), Refused> {
-                Ok(())
-            }
-            fn reset(&mut self) {}
-        }
         let mem = test_memory();
+        let device = RecordingDevice {
+            max_sizes: vec![16, 12],
+            ..RecordingDevice::default()
+        };
 
-        let result = MmioTransport::new(mem, Arc::new(Mutex::new(OddQueue::default())));
+        let result = MmioTransport::new(mem, Arc::new(Mutex::new(device)));
 
-        assert!(matches!(result, Err(MmioError::QueueMaxSize(0, 12))));
+        assert!(matches!(result, Err(MmioError::QueueMaxSize(1, 12))));
     }
 }
