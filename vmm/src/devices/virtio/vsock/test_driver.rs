@@ -107,6 +107,11 @@ impl<'m> GuestDriver<'m> {
         self.queues.iter().map(GuestQueue::device_queue).collect()
     }
 
+    /// The queues, for a driver that sets them up through a transport.
+    pub fn guest_queues(&self) -> Vec<&GuestQueue<'m>> {
+        self.queues.iter().collect()
+    }
+
     /// Guest addresses of `queue`'s descriptor table, available ring and
     /// used ring, for front ends that hand rings over themselves.
     pub fn ring_addresses(&self, queue: usize) -> (GuestAddress, GuestAddress, GuestAddress) {
