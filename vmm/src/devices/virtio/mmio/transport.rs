@@ -414,106 +414,13 @@ impl<D: EventDrivenDevice + Send> MmioTransport<D> {
 
 #[cfg(test)]
 mod tests {
-    use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestAddress;
 
     use super::*;
     use crate::devices::virtio::mmio::test_driver::{
         initialize, negotiate, read_reg, setup_queue, take_interrupt, test_memory, write_reg,
-        GuestQueue,
+        GuestQueue, RecordingDevice, FEATURE_A, VERSION_1,
     };
-
-    const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
-    const FEATURE_A: u64 = 1 << 3;
-
-    /// `(ready, size, desc, avail, used)` of a queue.
-    type QueueLayout = (bool, u16, u64, u64, u64);
-
-    /// A device that records what the transport did to it.
-    #[derive(Debug)]
-    struct RecordingDevice {
-        max_sizes: Vec<u16>,
-        acked: u64,
-        /// Each queue at activation.
-        activated_with: Option<Vec<QueueLayout>>,
-        resets: u32,
-        refuse_activation: bool,
-    }
-
-    impl Default for RecordingDevice {
-        fn default() -> Self {
-            Self {
-                max_sizes: vec![16, 8],
-                acked: 0,
-                activated_with: None,
-                resets: 0,
-                refuse_activation: false,
-            }
-        }
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("refused")]
-    struct Refused;
-
-    impl VirtioDevice for RecordingDevice {
-        type Error = Refused;
-
-        fn device_type(&self) -> u32 {
-            42
-        }
-
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.max_sizes
-        }
-
-        fn avail_features(&self) -> u64 {
-            VERSION_1 | FEATURE_A
-        }
-
-        fn acked_features(&self) -> u64 {
-            self.acked
-        }
-
-        fn ack_features(&mut self, features: u64) {
-            self.acked = features;
-        }
-
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, byte) in data.iter_mut().enumerate() {
-                *byte = (offset as u8).wrapping_add(i as u8);
-            }
-        }
-
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-        fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), Refused> {
-            if self.refuse_activation {
-                return Err(Refused);
-            }
-            self.activated_with = Some(
-                queues
-                    .iter()
-                    .map(|q| {
-                        (
-                            q.ready(),
-                            q.size(),
-                            q.desc_table(),
-                            q.avail_ring(),
-                            q.used_ring(),
-                        )
-                    })
-                    .collect(),
-            );
-            Ok(())
-        }
-
-        fn reset(&mut self) {
-            self.resets += 1;
-            self.acked = 0;
-            self.activated_with = None;
-        }
-    }
 
     fn transport(mem: &GuestMemoryMmap) -> MmioTransport<RecordingDevice> {
         MmioTransport::new(
