@@ -130,13 +130,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// An MMIO read of `data.len()` bytes at `offset` within the window.
     /// Registers below the configuration space answer only aligned 4-byte
-    /// reads; anything else reads as zeros.
+    /// reads; anything else, and configuration space the device does not
+    /// have, reads as zeros.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
         if offset >= CONFIG_SPACE_OFFSET {
             lock_device(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        data.fill(0);
         let Ok(out) = <&mut [u8; 4]>::try_from(data) else {
             tracing::debug!(
                 offset,
@@ -736,6 +737,18 @@ mod tests {
         transport.read(CONFIG_SPACE_OFFSET + 5, &mut data);
 
         assert_eq!(data, [5, 6, 7]);
+    }
+
+    #[test]
+    fn config_space_the_device_lacks_reads_as_zeros() {
+        let mem = test_memory();
+        let rng = Arc::new(Mutex::new(crate::devices::virtio::rng::RngDevice::new()));
+        let mut transport = MmioTransport::new(mem, rng).unwrap();
+        let mut data = [0xffu8; 4];
+
+        transport.read(CONFIG_SPACE_OFFSET, &mut data);
+
+        assert_eq!(data, [0; 4]);
     }
 
     #[test]
