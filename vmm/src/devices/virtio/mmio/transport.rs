@@ -291,7 +291,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
-        if value & self.status != self.status {
+        // DEVICE_NEEDS_RESET is the device's bit: a driver write without it
+        // neither clears nor sets it.
+        let driver_bits = self.status & !STATUS_DEVICE_NEEDS_RESET;
+        if value & driver_bits != driver_bits {
             tracing::debug!(
                 old = self.status,
                 new = value,
@@ -299,7 +302,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             );
             return;
         }
-        let added = value & !self.status;
+        let added = value & !self.status & !STATUS_DEVICE_NEEDS_RESET;
         if added & STATUS_ACKNOWLEDGE != 0 {
             self.status |= STATUS_ACKNOWLEDGE;
         }
@@ -619,6 +622,29 @@ mod tests {
         write_reg(&mut transport, REG_STATUS, STATUS_ACKNOWLEDGE);
 
         assert_eq!(transport.status(), 0xb);
+    }
+
+    #[test]
+    fn needs_reset_stays_until_reset_and_the_driver_cannot_set_it() {
+        let mem = test_memory();
+        let mut transport = transport(&mem);
+        device(&transport).refuse_activation = true;
+        start(&mut transport, &mem);
+
+        write_reg(&mut transport, REG_STATUS, 0xf | STATUS_FAILED);
+        let after_failed = read_reg(&mut transport, REG_STATUS);
+        write_reg(&mut transport, REG_STATUS, 0);
+        write_reg(
+            &mut transport,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DEVICE_NEEDS_RESET,
+        );
+
+        assert_eq!(
+            after_failed,
+            0xf | STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET
+        );
+        assert_eq!(read_reg(&mut transport, REG_STATUS), STATUS_ACKNOWLEDGE);
     }
 
     #[test]
