@@ -1,9 +1,12 @@
 //! The distroctl virtual machine monitor: memory, vCPUs, boot and virtio
 //! devices for the shared utility VM.
 //!
-//! Not built yet: the QEMU backend carries the utility VM until this crate
-//! can boot it (see DESIGN.md). What exists is the vsock device, which QEMU
-//! already uses through [`vhost_user`].
+//! The vsock device is also served to QEMU through [`vhost_user`].
 
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("the vmm crate supports x86_64 hosts only");
+
+pub mod arch;
+pub mod boot;
 pub mod devices;
 pub mod vhost_user;
