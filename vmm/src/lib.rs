@@ -6,7 +6,10 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("the vmm crate supports x86_64 hosts only");
 
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod devices;
+pub mod vcpu;
 pub mod vhost_user;
+pub mod vm_exit;
