@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::vm_exit::{ExitReason, ExitSignal};
@@ -71,6 +71,9 @@ pub struct VcpuControl {
     changed: Condvar,
     halted: AtomicUsize,
     count: usize,
+    /// Threads currently in their run loop; a thread leaves the list (under
+    /// the lock) before it ends, so a kick never targets a dead thread.
+    threads: Mutex<Vec<libc::pthread_t>>,
 }
 
 impl VcpuControl {
@@ -81,7 +84,39 @@ impl VcpuControl {
             changed: Condvar::new(),
             halted: AtomicUsize::new(0),
             count,
+            threads: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets the wanted state and kicks every vCPU thread out of the guest
+    /// so that it looks at the new state.
+    pub fn set_state_and_kick(&self, state: RunState) {
+        self.set_state(state);
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for &thread in threads.iter() {
+            // SAFETY: every listed thread is alive: threads remove themselves
+            // under this lock before they end.
+            let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+            if rc != 0 {
+                tracing::warn!(rc, "cannot kick a vCPU thread");
+            }
+        }
+    }
+
+    fn register_current_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(me);
+    }
+
+    fn unregister_current_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|&t| t != me);
     }
 
     /// The wanted state.
@@ -90,7 +125,7 @@ impl VcpuControl {
     }
 
     /// Sets the wanted state and wakes parked threads. Threads in the guest
-    /// must also be kicked (see [`kick`]).
+    /// must also be kicked ([`VcpuControl::set_state_and_kick`]).
     pub fn set_state(&self, state: RunState) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
         self.changed.notify_all();
@@ -147,13 +182,6 @@ fn install_kick_handler() {
     });
 }
 
-/// Interrupts a vCPU thread's `KVM_RUN` so it looks at [`VcpuControl`].
-pub fn kick(thread: &JoinHandle<Result<(), VcpuError>>) {
-    if let Err(e) = thread.kill(kick_signal()) {
-        tracing::debug!(error = %e, "vCPU thread already gone");
-    }
-}
-
 /// One vCPU, ready to run on its own thread.
 pub struct Vcpu {
     /// Index and APIC ID.
@@ -184,7 +212,9 @@ impl Vcpu {
     fn run(mut self) -> Result<(), VcpuError> {
         let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|cell| cell.set(flag));
+        self.control.register_current_thread();
         let result = self.run_loop();
+        self.control.unregister_current_thread();
         IMMEDIATE_EXIT.with(|cell| cell.set(std::ptr::null_mut()));
         if let Err(e) = &result {
             tracing::error!(error = %e, "vCPU failed");
