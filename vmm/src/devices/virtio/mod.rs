@@ -4,7 +4,12 @@
 //! `device`, `event_handler`, and the device's own parts), so a reader who
 //! knows one knows where everything is in the next.
 
+pub mod block;
+pub mod mmio;
+pub mod rng;
 pub mod vsock;
+
+use std::os::fd::RawFd;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -18,6 +23,10 @@ pub trait VirtioDevice {
 
     /// The virtio device ID (`VIRTIO_ID_*`).
     fn device_type(&self) -> u32;
+
+    /// The largest size of each queue, in queue-index order; the slice's
+    /// length is the number of queues the device has.
+    fn queue_max_sizes(&self) -> &[u16];
 
     /// Feature bits the device offers.
     fn avail_features(&self) -> u64;
@@ -40,4 +49,36 @@ pub trait VirtioDevice {
 
     /// Returns the device to its state before feature negotiation.
     fn reset(&mut self);
+}
+
+/// A device whose queue work runs on the VMM's event loop: the transport's
+/// event handler calls it when the guest notifies a queue or a host-side fd
+/// becomes readable, and raises the used-ring interrupt when it says so.
+///
+/// Calls come from the event-loop thread while the transport may call the
+/// [`VirtioDevice`] methods from vCPU threads; both go through the same
+/// mutex, so the device sees one call at a time.
+pub trait EventDrivenDevice: VirtioDevice {
+    /// Does the work after the guest notified queue `index`. Returns whether
+    /// the driver wants a used-ring interrupt now. Called only on an
+    /// activated device.
+    fn process_queue(&mut self, index: usize) -> Result<bool, Self::Error>;
+
+    /// Host-side fds to watch for readability (a backend socket, a timer),
+    /// fixed for the device's lifetime.
+    fn host_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+
+    /// Does the work after host-side `fd` became readable; it must consume
+    /// the readiness even when the device is not activated, because the
+    /// fds are level-triggered. Returns whether the driver wants a used-ring
+    /// interrupt now.
+    fn process_host_fd(&mut self, fd: RawFd) -> Result<bool, Self::Error> {
+        let _ = fd;
+        Ok(false)
+    }
+
+    /// Whether the device holds activated queues.
+    fn is_activated(&self) -> bool;
 }

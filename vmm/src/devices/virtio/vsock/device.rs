@@ -14,8 +14,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::defs::{
-    CONFIG_SPACE_SIZE, DEFAULT_CONN_BUF_SIZE, EVENT_TRANSPORT_RESET, NUM_QUEUES,
-    VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, VSOCK_HOST_CID,
+    CONFIG_SPACE_SIZE, DEFAULT_CONN_BUF_SIZE, EVENT_TRANSPORT_RESET, EVQ_INDEX, NUM_QUEUES,
+    QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX, VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, VSOCK_HOST_CID,
 };
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::{read_tx_packet, RxBuffer};
@@ -60,6 +60,19 @@ pub enum VsockEvent {
     Backend,
 }
 
+impl VsockEvent {
+    /// The event for a notification of queue `index`, if there is such a
+    /// queue.
+    pub fn for_queue(index: usize) -> Option<Self> {
+        match index {
+            RXQ_INDEX => Some(VsockEvent::RxQueue),
+            TXQ_INDEX => Some(VsockEvent::TxQueue),
+            EVQ_INDEX => Some(VsockEvent::EventQueue),
+            _ => None,
+        }
+    }
+}
+
 /// Which queues the device returned buffers on, so the caller knows which
 /// interrupts may be due.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +83,13 @@ pub struct UsedQueues {
     pub tx: bool,
     /// The event queue.
     pub event: bool,
+}
+
+impl UsedQueues {
+    /// Whether any queue got used buffers.
+    pub fn any(self) -> bool {
+        self.rx || self.tx || self.event
+    }
 }
 
 /// The device's queues, borrowed from whoever owns them. A queue the owner
@@ -362,6 +382,10 @@ impl VirtioDevice for VsockDevice {
 
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
     }
 
     fn avail_features(&self) -> u64 {

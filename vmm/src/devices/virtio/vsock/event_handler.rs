@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::defs::{EVQ_INDEX, NUM_QUEUES, RXQ_INDEX, TXQ_INDEX};
 use super::device::{DeviceError, VsockDevice, VsockEvent};
+use crate::devices::virtio::EventDrivenDevice;
 
 /// How the transport raises the guest's used-buffer interrupt.
 pub trait InterruptSignal {
@@ -225,6 +226,37 @@ impl<I: InterruptSignal> VsockEventHandler<I> {
     }
 }
 
+/// The vsock device on the VMM's event loop (see
+/// `crate::devices::virtio::mmio`): queue notifications and host-socket
+/// readiness run the same [`VsockDevice::handle_event`] as
+/// [`VsockEventHandler::handle`].
+impl EventDrivenDevice for VsockDevice {
+    fn process_queue(&mut self, index: usize) -> Result<bool, DeviceError> {
+        let Some(event) = VsockEvent::for_queue(index) else {
+            return Ok(false);
+        };
+        Ok(self.handle_event(event)?.any())
+    }
+
+    fn host_fds(&self) -> Vec<RawFd> {
+        vec![self.as_raw_fd()]
+    }
+
+    fn process_host_fd(&mut self, _fd: RawFd) -> Result<bool, DeviceError> {
+        if !self.is_activated() {
+            // Host clients may connect before the guest driver is up; their
+            // packets wait in the muxer.
+            self.process_backend()?;
+            return Ok(false);
+        }
+        Ok(self.handle_event(VsockEvent::Backend)?.any())
+    }
+
+    fn is_activated(&self) -> bool {
+        VsockDevice::is_activated(self)
+    }
+}
+
 /// Reads an eventfd's counter; an empty counter is not an error (another
 /// path may have consumed it first).
 fn consume(eventfd: &EventFd) -> Result<(), EventHandlerError> {
@@ -240,9 +272,26 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
+    use std::io::Write;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use vm_memory::GuestMemoryMmap;
+
     use super::*;
-    use crate::devices::virtio::vsock::defs::{OP_REQUEST, OP_RST};
-    use crate::devices::virtio::vsock::test_driver::{guest_header, test_memory, GuestDriver};
+    use crate::devices::virtio::mmio::defs::{CONFIG_SPACE_OFFSET, INT_USED_RING, REG_STATUS};
+    use crate::devices::virtio::mmio::test_driver::{
+        initialize, notify as mmio_notify, take_interrupt, write_reg,
+    };
+    use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::vsock::defs::{OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW};
+    use crate::devices::virtio::vsock::packet::Packet;
+    use crate::devices::virtio::vsock::test_driver::{
+        guest_header, host_sees_eof, read_host, test_memory, GuestDriver, GUEST_CID, GUEST_PORT,
+        HOST_PORT,
+    };
     use crate::devices::virtio::VirtioDevice;
 
     /// Records which queues were signalled.
@@ -327,5 +376,121 @@ mod tests {
         fds.sort();
         fds.dedup();
         assert_eq!(fds.len(), EventSource::ALL.len());
+    }
+
+    /// The vsock device behind the virtio-mmio transport on an
+    /// `event_manager` loop, as the VMM runs it.
+    struct MmioVsock<'m> {
+        transport: MmioTransport<VsockDevice>,
+        events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+        guest: GuestDriver<'m>,
+    }
+
+    impl<'m> MmioVsock<'m> {
+        fn new(mem: &'m GuestMemoryMmap, dir: &Path) -> Self {
+            let device = VsockDevice::new(GUEST_CID, &dir.join("vsock")).unwrap();
+            let transport = MmioTransport::new(mem.clone(), Arc::new(Mutex::new(device))).unwrap();
+            let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+                EventManager::new().unwrap();
+            events.add_subscriber(Arc::new(Mutex::new(transport.event_handler().unwrap())));
+            Self {
+                transport,
+                events,
+                guest: GuestDriver::new(mem),
+            }
+        }
+
+        fn start_driver(&mut self) {
+            let queues = self.guest.guest_queues();
+            initialize(&mut self.transport, 1 << 32, &queues);
+        }
+
+        /// Runs the event loop until the guest got a receive buffer back.
+        fn run_until_rx(&mut self) -> Vec<Packet> {
+            for _ in 0..20 {
+                self.events.run_with_timeout(100).unwrap();
+                let packets = self.guest.take_rx();
+                if !packets.is_empty() {
+                    return packets;
+                }
+            }
+            panic!("no packet reached the guest");
+        }
+    }
+
+    #[test]
+    fn guest_and_host_talk_through_the_mmio_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = test_memory();
+        let mut vm = MmioVsock::new(&mem, dir.path());
+        vm.start_driver();
+        let service = UnixListener::bind(dir.path().join(format!("vsock_{HOST_PORT}"))).unwrap();
+        let mut cid = [0u8; 8];
+        vm.transport.read(CONFIG_SPACE_OFFSET, &mut cid);
+        vm.guest.offer_rx(4, 4096);
+
+        vm.guest
+            .send(guest_header(OP_REQUEST, GUEST_PORT, HOST_PORT), &[]);
+        mmio_notify(&mut vm.transport, TXQ_INDEX as u32);
+        let response = vm.run_until_rx();
+        let (mut host, _) = service.accept().unwrap();
+        host.write_all(b"hello guest").unwrap();
+        let data = vm.run_until_rx();
+        vm.guest
+            .send(guest_header(OP_RW, GUEST_PORT, HOST_PORT), b"hello host");
+        mmio_notify(&mut vm.transport, TXQ_INDEX as u32);
+        vm.events.run_with_timeout(1000).unwrap();
+
+        assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+        assert_eq!(response[0].header.op, OP_RESPONSE);
+        assert_eq!(data[0].header.op, OP_RW);
+        assert_eq!(data[0].data, b"hello guest");
+        assert_eq!(read_host(&mut host, 10), b"hello host");
+        assert_eq!(take_interrupt(&mut vm.transport), INT_USED_RING);
+    }
+
+    #[test]
+    fn host_connect_before_the_driver_is_up_is_closed_by_its_reset_and_a_retry_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = test_memory();
+        let mut vm = MmioVsock::new(&mem, dir.path());
+        let connect_line = format!("CONNECT {GUEST_PORT}\n");
+        let mut early = UnixStream::connect(dir.path().join("vsock")).unwrap();
+        early.write_all(connect_line.as_bytes()).unwrap();
+        vm.events.run_with_timeout(200).unwrap();
+
+        // Linux resets the device when its driver probes it.
+        vm.start_driver();
+        let mut retry = UnixStream::connect(dir.path().join("vsock")).unwrap();
+        retry.write_all(connect_line.as_bytes()).unwrap();
+        vm.guest.offer_rx(1, 4096);
+        mmio_notify(&mut vm.transport, RXQ_INDEX as u32);
+        let request = vm.run_until_rx();
+
+        assert!(host_sees_eof(&mut early));
+        assert_eq!(request[0].header.op, OP_REQUEST);
+        assert_eq!(request[0].header.dst_port, GUEST_PORT);
+    }
+
+    #[test]
+    fn reset_through_the_transport_drops_host_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = test_memory();
+        let mut vm = MmioVsock::new(&mem, dir.path());
+        vm.start_driver();
+        let service = UnixListener::bind(dir.path().join(format!("vsock_{HOST_PORT}"))).unwrap();
+        vm.guest.offer_rx(1, 4096);
+        vm.guest
+            .send(guest_header(OP_REQUEST, GUEST_PORT, HOST_PORT), &[]);
+        mmio_notify(&mut vm.transport, TXQ_INDEX as u32);
+        vm.run_until_rx();
+        let (mut host, _) = service.accept().unwrap();
+
+        write_reg(&mut vm.transport, REG_STATUS, 0);
+
+        assert!(host_sees_eof(&mut host));
+        let device = vm.transport.device().lock().unwrap();
+        assert!(!device.is_activated());
+        assert_eq!(device.muxer().connection_count(), 0);
     }
 }

@@ -10,9 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -22,6 +20,7 @@ use super::defs::{
 };
 use super::device::{VsockDevice, VsockEvent};
 use super::packet::{Packet, VsockHeader, HEADER_SIZE};
+use crate::devices::virtio::mmio::test_driver::GuestQueue;
 use crate::devices::virtio::VirtioDevice;
 
 /// Queue size the driver sets up.
@@ -32,8 +31,6 @@ pub const GUEST_CID: u64 = 3;
 const MEM_SIZE: u64 = 0x200_0000;
 /// Where buffers start; below are the rings.
 const BUFFERS_START: u64 = 0x10_0000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// Guest memory for a test.
 pub fn test_memory() -> GuestMemoryMmap {
@@ -82,9 +79,7 @@ pub fn guest_header(op: u16, src_port: u32, dst_port: u32) -> VsockHeader {
 /// The driver side of the three queues.
 pub struct GuestDriver<'m> {
     mem: &'m GuestMemoryMmap,
-    queues: Vec<MockSplitQueue<'m, GuestMemoryMmap>>,
-    next_desc: [u16; NUM_QUEUES],
-    used_seen: [u16; NUM_QUEUES],
+    queues: Vec<GuestQueue<'m>>,
     /// Receive chains by head index: header address, data address.
     rx_buffers: HashMap<u16, (GuestAddress, GuestAddress)>,
     /// Event chains by head index: buffer address.
@@ -94,20 +89,13 @@ pub struct GuestDriver<'m> {
 
 impl<'m> GuestDriver<'m> {
     /// Lays out the queues at the bottom of `mem`.
-    ///
-    /// The mock places the used ring `len` bytes after the start of the
-    /// available ring's entries instead of `2 * len`, so its upper half
-    /// overlaps the used ring. Laying out a mock twice the size and using
-    /// only the first half of each ring keeps them apart.
     pub fn new(mem: &'m GuestMemoryMmap) -> Self {
         let queues = (0..NUM_QUEUES as u64)
-            .map(|i| MockSplitQueue::create(mem, GuestAddress(i * 0x1_0000), 2 * QUEUE_SIZE))
+            .map(|i| GuestQueue::new(mem, GuestAddress(i * 0x1_0000), QUEUE_SIZE))
             .collect();
         Self {
             mem,
             queues,
-            next_desc: [0; NUM_QUEUES],
-            used_seen: [0; NUM_QUEUES],
             rx_buffers: HashMap::new(),
             event_buffers: HashMap::new(),
             next_addr: BUFFERS_START,
@@ -116,21 +104,18 @@ impl<'m> GuestDriver<'m> {
 
     /// Device-side `Queue`s configured as this driver set them up.
     pub fn device_queues(&self) -> Vec<Queue> {
-        self.queues
-            .iter()
-            .map(|mock| {
-                let mut queue: Queue = mock.create_queue().unwrap();
-                queue.set_size(QUEUE_SIZE);
-                queue
-            })
-            .collect()
+        self.queues.iter().map(GuestQueue::device_queue).collect()
+    }
+
+    /// The queues, for a driver that sets them up through a transport.
+    pub fn guest_queues(&self) -> Vec<&GuestQueue<'m>> {
+        self.queues.iter().collect()
     }
 
     /// Guest addresses of `queue`'s descriptor table, available ring and
     /// used ring, for front ends that hand rings over themselves.
     pub fn ring_addresses(&self, queue: usize) -> (GuestAddress, GuestAddress, GuestAddress) {
-        let mock = &self.queues[queue];
-        (mock.desc_table_addr(), mock.avail_addr(), mock.used_addr())
+        self.queues[queue].ring_addresses()
     }
 
     fn alloc(&mut self, len: u64) -> GuestAddress {
@@ -146,32 +131,7 @@ impl<'m> GuestDriver<'m> {
     /// Puts a chain on `queue`'s available ring. Each descriptor is
     /// `(addr, len, writable)`; returns the head index.
     pub fn add_chain(&mut self, queue: usize, descs: &[(GuestAddress, u32, bool)]) -> u16 {
-        let count = descs.len() as u16;
-        if self.next_desc[queue] + count > QUEUE_SIZE {
-            self.next_desc[queue] = 0;
-        }
-        let head = self.next_desc[queue];
-        let mock = &self.queues[queue];
-        for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-            let index = head + i as u16;
-            let mut flags = if writable { F_WRITE } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= F_NEXT;
-            }
-            let desc = SplitDescriptor::new(addr.0, len, flags, index + 1);
-            mock.desc_table()
-                .store(index, RawDescriptor::from(desc))
-                .unwrap();
-        }
-        self.next_desc[queue] += count;
-        let avail_idx = mock.avail().idx().load();
-        mock.avail()
-            .ring()
-            .ref_at(usize::from(avail_idx % QUEUE_SIZE))
-            .unwrap()
-            .store(head);
-        mock.avail().idx().store(avail_idx.wrapping_add(1));
-        head
+        self.queues[queue].add_chain(descs)
     }
 
     /// Queues a packet for the device, header and payload in separate
@@ -222,16 +182,7 @@ impl<'m> GuestDriver<'m> {
     }
 
     fn take_used(&mut self, queue: usize) -> Vec<(u16, u32)> {
-        let mock = &self.queues[queue];
-        let used_idx = mock.used().idx().load();
-        let mut out = Vec::new();
-        while self.used_seen[queue] != used_idx {
-            let slot = usize::from(self.used_seen[queue] % QUEUE_SIZE);
-            let elem = mock.used().ring().ref_at(slot).unwrap().load();
-            out.push((elem.id() as u16, elem.len()));
-            self.used_seen[queue] = self.used_seen[queue].wrapping_add(1);
-        }
-        out
+        self.queues[queue].take_used()
     }
 
     /// Packets the device wrote into receive buffers since the last call.

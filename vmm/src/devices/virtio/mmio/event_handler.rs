@@ -1,0 +1,115 @@
+//! The event-loop side of a virtio-mmio device: an
+//! `event_manager::MutEventSubscriber` that watches the device's queue
+//! notification eventfds and host-side fds, runs the device's queue work and
+//! raises the used-ring interrupt when the driver wants one.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::interrupt::{InterruptLine, InterruptReason};
+use super::lock_device;
+use crate::devices::virtio::EventDrivenDevice;
+
+/// Runs one [`EventDrivenDevice`] from readiness events; made by
+/// [`MmioTransport::event_handler`](super::MmioTransport::event_handler).
+#[derive(Debug)]
+pub struct VirtioEventHandler<D> {
+    device: Arc<Mutex<D>>,
+    queue_events: Vec<EventFd>,
+    interrupt: Arc<InterruptLine>,
+}
+
+/// What a readable fd means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wakeup {
+    Queue(usize),
+    Host(RawFd),
+}
+
+impl<D: EventDrivenDevice> VirtioEventHandler<D> {
+    /// Wraps a device with duplicates of its transport's queue eventfds and
+    /// its interrupt line.
+    pub fn new(
+        device: Arc<Mutex<D>>,
+        queue_events: Vec<EventFd>,
+        interrupt: Arc<InterruptLine>,
+    ) -> Self {
+        Self {
+            device,
+            queue_events,
+            interrupt,
+        }
+    }
+
+    /// Every fd to watch: the queue eventfds, then the device's host fds.
+    pub fn watched_fds(&self) -> Vec<RawFd> {
+        let host_fds = lock_device(&self.device).host_fds();
+        self.queue_events
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(host_fds)
+            .collect()
+    }
+
+    /// Does the work for readable `fd` and raises the interrupt if due.
+    /// Device errors are logged: a guest's bad request must not stop the
+    /// event loop.
+    pub fn handle_fd(&mut self, fd: RawFd) {
+        let wakeup = match self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
+            Some(index) => Wakeup::Queue(index),
+            None => Wakeup::Host(fd),
+        };
+        let mut device = lock_device(&self.device);
+        let result = match wakeup {
+            Wakeup::Queue(index) => {
+                // Empty counter: a reset drained it, nothing to do.
+                if self.queue_events[index].read().is_err() || !device.is_activated() {
+                    return;
+                }
+                device.process_queue(index)
+            }
+            Wakeup::Host(fd) => device.process_host_fd(fd),
+        };
+        drop(device);
+        match result {
+            Ok(true) => {
+                if let Err(e) = self.interrupt.trigger(InterruptReason::UsedRing) {
+                    tracing::error!(error = %e, "virtio: cannot interrupt the guest");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(?wakeup, error = %e, "virtio: device work failed"),
+        }
+    }
+}
+
+impl<D: EventDrivenDevice> MutEventSubscriber for VirtioEventHandler<D> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.event_set().contains(EventSet::IN) {
+            self.handle_fd(events.fd());
+        } else if events
+            .event_set()
+            .intersects(EventSet::HANG_UP | EventSet::ERROR)
+        {
+            // A level-triggered fd in error would spin the loop.
+            tracing::error!(
+                fd = events.fd(),
+                "virtio: a watched fd failed; no longer watching it"
+            );
+            if let Err(e) = ops.remove(events) {
+                tracing::error!(error = ?e, "virtio: cannot stop watching an fd");
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in self.watched_fds() {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!(fd, error = ?e, "virtio: cannot watch a device fd");
+            }
+        }
+    }
+}
