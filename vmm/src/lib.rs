@@ -14,4 +14,5 @@ pub mod devices;
 pub mod event_loop;
 pub mod vcpu;
 pub mod vhost_user;
+pub mod vm;
 pub mod vm_exit;
