@@ -23,7 +23,8 @@
 //! Exit status: 0 when the guest powered off or reset (a reset ends the
 //! VMM, like QEMU's `-no-reboot`; stderr says which), or when stopped by
 //! SIGTERM/SIGINT; 3 when every vCPU halted with no way to wake; 1 on
-//! errors, with one line saying what failed (the cause chain with `-v`).
+//! errors, with one line saying what failed and why (each cause on its own
+//! line, with `-v`).
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
 use std::path::PathBuf;
@@ -159,9 +160,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             if verbose {
-                eprintln!("distroctl-vmm: {e:#}");
+                eprintln!("distroctl-vmm: {e:?}");
             } else {
-                eprintln!("distroctl-vmm: {e}: {}", e.root_cause());
+                eprintln!("distroctl-vmm: {e:#}");
             }
             ExitCode::from(1)
         }

@@ -46,8 +46,9 @@ pub fn adjust_cpuid(
             4 => {
                 entry.eax = (entry.eax & 0x03ff_ffff) | (u32::from(cpus.saturating_sub(1)) << 26);
             }
-            // Extended topology: one thread per core, `cpus` cores.
-            0xb => {
+            // Extended topology (and its V2 leaf, which Linux prefers when
+            // present): one thread per core, `cpus` cores.
+            0xb | 0x1f => {
                 entry.edx = u32::from(apic_id);
                 match entry.index {
                     0 => {
@@ -132,6 +133,20 @@ mod tests {
         assert_eq!(find(&entries, 0xb, 1).edx, 2);
         assert_eq!(find(&entries, 0xb, 1).ebx, 4);
         assert_eq!(find(&entries, 0xb, 1).eax, 2);
+    }
+
+    #[test]
+    fn v2_topology_leaf_is_adjusted_like_leaf_0xb() {
+        let mut entries = vec![leaf(0x1f, 0), leaf(0x1f, 1), leaf(0x1f, 2)];
+
+        adjust_cpuid(&mut entries, 1, 2, true);
+
+        assert_eq!(find(&entries, 0x1f, 1).ebx, 2);
+        assert_eq!(find(&entries, 0x1f, 2).ebx, 0);
+        assert!(entries
+            .iter()
+            .filter(|e| e.function == 0x1f)
+            .all(|e| e.edx == 1));
     }
 
     #[test]
