@@ -120,6 +120,23 @@ impl Probe {
         a.pop(rax).unwrap();
     }
 
+    /// Polls the u16 at `[base + offset]` until it reaches `value` or
+    /// `limit` rounds pass; leaves the last value read in `eax`.
+    pub fn wait_for_u16(&mut self, base: AsmRegister64, offset: i32, value: u32, limit: u32) {
+        let a = &mut self.asm;
+        a.mov(ecx, limit).unwrap();
+        let mut poll = a.create_label();
+        let mut done = a.create_label();
+        a.set_label(&mut poll).unwrap();
+        a.movzx(eax, word_ptr(base + offset)).unwrap();
+        a.cmp(eax, value).unwrap();
+        a.je(done).unwrap();
+        a.pause().unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(poll).unwrap();
+        a.set_label(&mut done).unwrap();
+    }
+
     /// Sends literal bytes (a marker).
     pub fn emit_literal(&mut self, bytes: &[u8]) {
         for &b in bytes {
