@@ -215,6 +215,7 @@ impl Vcpu {
         self.control.register_current_thread();
         let result = self.run_loop();
         self.control.unregister_current_thread();
+        self.log_final_state();
         IMMEDIATE_EXIT.with(|cell| cell.set(std::ptr::null_mut()));
         if let Err(e) = &result {
             tracing::error!(error = %e, "vCPU failed");
@@ -222,6 +223,25 @@ impl Vcpu {
             self.exit.request(ExitReason::Reset);
         }
         result
+    }
+
+    /// Where the vCPU was when it stopped: the first thing to look at when
+    /// a guest hangs.
+    fn log_final_state(&self) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => tracing::debug!(
+                id = self.id,
+                rip = format_args!("{:#x}", regs.rip),
+                rsp = format_args!("{:#x}", regs.rsp),
+                rcx = format_args!("{:#x}", regs.rcx),
+                rsi = format_args!("{:#x}", regs.rsi),
+                rdi = format_args!("{:#x}", regs.rdi),
+                cr0 = format_args!("{:#x}", sregs.cr0),
+                cr3 = format_args!("{:#x}", sregs.cr3),
+                "vCPU stopped"
+            ),
+            (Err(e), _) | (_, Err(e)) => tracing::debug!(id = self.id, error = %e, "vCPU stopped"),
+        }
     }
 
     fn run_loop(&mut self) -> Result<(), VcpuError> {

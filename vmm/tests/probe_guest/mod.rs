@@ -91,15 +91,23 @@ pub struct Probe {
     pub asm: CodeAssembler,
     /// The `emit` subroutine.
     pub emit: CodeLabel,
+    /// Where the code runs.
+    base: u64,
 }
 
 impl Probe {
-    /// A probe whose first instructions point `dx` at COM1.
+    /// A 64-bit probe entered at [`ENTRY`] whose first instructions point
+    /// `dx` at COM1.
     pub fn new() -> Self {
-        let mut asm = CodeAssembler::new(64).unwrap();
+        Self::with_mode(64, ENTRY)
+    }
+
+    /// A probe of `bitness` (32 or 64) assembled for `base`.
+    pub fn with_mode(bitness: u32, base: u64) -> Self {
+        let mut asm = CodeAssembler::new(bitness).unwrap();
         let emit = asm.create_label();
         asm.mov(edx, COM1).unwrap();
-        Self { asm, emit }
+        Self { asm, emit, base }
     }
 
     /// Sends `len` bytes starting at `[base + offset]`.
@@ -157,21 +165,25 @@ impl Probe {
         a.hlt().unwrap();
         a.jmp(halt).unwrap();
 
-        // emit: rcx bytes from [rsi] to port dx.
+        // emit: rcx (ecx) bytes from [rsi] ([esi]) to port dx.
         a.set_label(&mut self.emit).unwrap();
         let mut next = a.create_label();
         let mut done = a.create_label();
-        a.test(rcx, rcx).unwrap();
+        a.test(ecx, ecx).unwrap();
         a.jz(done).unwrap();
         a.set_label(&mut next).unwrap();
-        a.mov(al, byte_ptr(rsi)).unwrap();
+        if a.bitness() == 64 {
+            a.mov(al, byte_ptr(rsi)).unwrap();
+        } else {
+            a.mov(al, byte_ptr(esi)).unwrap();
+        }
         a.out(dx, al).unwrap();
-        a.inc(rsi).unwrap();
-        a.dec(rcx).unwrap();
+        a.inc(esi).unwrap();
+        a.dec(ecx).unwrap();
         a.jnz(next).unwrap();
         a.set_label(&mut done).unwrap();
         a.ret().unwrap();
-        a.assemble(ENTRY).unwrap()
+        a.assemble(self.base).unwrap()
     }
 }
 
@@ -222,4 +234,58 @@ impl<'a> Report<'a> {
         self.bytes = &self.bytes[end + 1..];
         s
     }
+}
+
+/// Where the PVH probe's only segment is loaded and entered.
+pub const PVH_LOAD_ADDR: u64 = 0x10_0000;
+
+/// Wraps 32-bit code assembled for [`PVH_LOAD_ADDR`] in an ELF64 file with
+/// one `PT_LOAD` segment there and a `PT_NOTE` carrying the Xen
+/// `XEN_ELFNOTE_PHYS32_ENTRY` note, the shape of a PVH-capable vmlinux or
+/// of rust-hypervisor-firmware.
+pub fn pvh_elf(code32: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let note_offset = EHDR + 2 * PHDR;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz ("Xen\0")
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(PVH_LOAD_ADDR as u32).to_le_bytes());
+    let code_offset = (note_offset + note.len()).next_multiple_of(16);
+
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF");
+    elf.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, SysV
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&PVH_LOAD_ADDR.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    elf.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    let mut phdr = |kind: u32, flags: u32, offset: usize, addr: u64, size: usize, align: u64| {
+        elf.extend_from_slice(&kind.to_le_bytes());
+        elf.extend_from_slice(&flags.to_le_bytes());
+        elf.extend_from_slice(&(offset as u64).to_le_bytes());
+        elf.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        elf.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        elf.extend_from_slice(&(size as u64).to_le_bytes()); // p_filesz
+        elf.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
+        elf.extend_from_slice(&align.to_le_bytes());
+    };
+    phdr(1, 5, code_offset, PVH_LOAD_ADDR, code32.len(), 16); // PT_LOAD, R+X
+    phdr(4, 4, note_offset, 0, note.len(), 4); // PT_NOTE
+    elf.extend_from_slice(&note);
+    elf.resize(code_offset, 0);
+    elf.extend_from_slice(code32);
+    elf
 }
