@@ -5,7 +5,11 @@
 
 mod probe_guest;
 
-use probe_guest::{bzimage, kvm_unavailable, probe_config, write_file, Probe, Report};
+use std::path::PathBuf;
+
+use probe_guest::{
+    bzimage, elf, kvm_unavailable, probe_config, write_file, Probe, Report, ELF_LOAD_ADDR, ENTRY,
+};
 use vmm::arch::regs::{BootProtocol, EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE};
 use vmm::vm::Vm;
 use vmm::vm_exit::ExitReason;
@@ -19,10 +23,10 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 probe=boot_params";
 /// the byte sum of the initramfs (u64); the command line pointer (u64) and
 /// the command line with its NUL; the RSDP address (u64) and the first 8
 /// bytes there; "END".
-fn boot_params_probe() -> Vec<u8> {
+fn boot_params_probe(entry: u64) -> Vec<u8> {
     use iced_x86::code_asm::*;
 
-    let mut p = Probe::new();
+    let mut p = Probe::with_mode(64, entry);
     p.asm.mov(r15, rsi).unwrap();
     p.emit_literal(MARKER);
     p.asm.mov(rax, r15).unwrap();
@@ -92,14 +96,11 @@ fn boot_params_probe() -> Vec<u8> {
     p.finish()
 }
 
-#[test]
-fn probe_boot_params() {
-    if let Some(reason) = kvm_unavailable() {
-        eprintln!("skipping probe_boot_params: {reason}");
-        return;
-    }
+/// Boots `image` (a probe built by [`boot_params_probe`]) and checks its
+/// report against the boot plan.
+fn check_boot_params(image: &[u8], expected_entry: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let kernel = write_file(dir.path(), "probe.bzImage", &bzimage(&boot_params_probe()));
+    let kernel: PathBuf = write_file(dir.path(), "probe.kernel", image);
     let initramfs_bytes: Vec<u8> = (0..12_345u32).map(|i| (i * 7 + 3) as u8).collect();
     let initramfs = write_file(dir.path(), "initramfs.cpio", &initramfs_bytes);
     let config = probe_config(dir.path(), kernel, Some(initramfs), CMDLINE);
@@ -113,8 +114,9 @@ fn probe_boot_params() {
     let console = std::fs::read(dir.path().join("console.log")).unwrap();
     let mut report = Report::find(&console, MARKER);
     let BootProtocol::Linux64 { zero_page } = plan.entry.protocol else {
-        panic!("a bzImage must be entered through the Linux boot protocol");
+        panic!("the image must be entered through the Linux boot protocol");
     };
+    assert_eq!(plan.entry.entry, expected_entry);
     assert_eq!(report.u64(), zero_page, "rsi");
     let (cr0, cr4, efer) = (report.u64(), report.u64(), report.u64());
     assert_eq!(
@@ -159,4 +161,27 @@ fn probe_boot_params() {
     assert_eq!(report.u64(), plan.rsdp_addr);
     assert_eq!(report.take(8), b"RSD PTR ");
     assert_eq!(report.take(3), b"END");
+}
+
+#[test]
+fn probe_boot_params() {
+    if let Some(reason) = kvm_unavailable() {
+        eprintln!("skipping probe_boot_params: {reason}");
+        return;
+    }
+
+    check_boot_params(&bzimage(&boot_params_probe(ENTRY)), ENTRY);
+}
+
+#[test]
+fn probe_boot_params_of_an_elf_vmlinux_without_pvh_note() {
+    if let Some(reason) = kvm_unavailable() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+
+    check_boot_params(
+        &elf(&boot_params_probe(ELF_LOAD_ADDR), false),
+        ELF_LOAD_ADDR,
+    );
 }

@@ -6,9 +6,7 @@ mod probe_guest;
 
 use std::path::PathBuf;
 
-use probe_guest::{
-    kvm_unavailable, probe_config, pvh_elf, write_file, Probe, Report, PVH_LOAD_ADDR,
-};
+use probe_guest::{elf, kvm_unavailable, probe_config, write_file, Probe, Report, ELF_LOAD_ADDR};
 use vmm::arch::pvh::XEN_HVM_START_MAGIC;
 use vmm::arch::regs::BootProtocol;
 use vmm::boot::BootSource;
@@ -24,7 +22,7 @@ const CMDLINE: &str = "console=ttyS0 probe=pvh";
 fn pvh_probe() -> Vec<u8> {
     use iced_x86::code_asm::*;
 
-    let mut p = Probe::with_mode(32, PVH_LOAD_ADDR);
+    let mut p = Probe::with_mode(32, ELF_LOAD_ADDR);
     // A stack for the emit subroutine: PVH enters without one.
     p.asm.mov(esp, 0x8ff0u32).unwrap();
     p.asm.mov(edi, ebx).unwrap();
@@ -71,7 +69,7 @@ fn pvh_probe() -> Vec<u8> {
 /// Runs the probe as `boot` and checks its report against the boot plan.
 fn run_pvh_probe(make_source: impl FnOnce(PathBuf, PathBuf) -> BootSource) {
     let dir = tempfile::tempdir().unwrap();
-    let image = write_file(dir.path(), "probe.elf", &pvh_elf(&pvh_probe()));
+    let image = write_file(dir.path(), "probe.elf", &elf(&pvh_probe(), true));
     let initramfs = write_file(dir.path(), "initramfs.cpio", &[0x42; 3000]);
     let mut config = probe_config(dir.path(), image.clone(), None, CMDLINE);
     config.boot = make_source(image, initramfs);
@@ -84,7 +82,7 @@ fn run_pvh_probe(make_source: impl FnOnce(PathBuf, PathBuf) -> BootSource) {
     let BootProtocol::Pvh { start_info } = plan.entry.protocol else {
         panic!("a PVH note must select the PVH boot protocol");
     };
-    assert_eq!(plan.entry.entry, PVH_LOAD_ADDR);
+    assert_eq!(plan.entry.entry, ELF_LOAD_ADDR);
     let console = std::fs::read(dir.path().join("console.log")).unwrap();
     let mut report = Report::find(&console, MARKER);
     assert_eq!(u64::from(report.u32()), start_info, "ebx");

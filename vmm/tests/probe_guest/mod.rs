@@ -236,23 +236,27 @@ impl<'a> Report<'a> {
     }
 }
 
-/// Where the PVH probe's only segment is loaded and entered.
-pub const PVH_LOAD_ADDR: u64 = 0x10_0000;
+/// Where an ELF probe's only segment is loaded and entered.
+pub const ELF_LOAD_ADDR: u64 = 0x10_0000;
 
-/// Wraps 32-bit code assembled for [`PVH_LOAD_ADDR`] in an ELF64 file with
-/// one `PT_LOAD` segment there and a `PT_NOTE` carrying the Xen
-/// `XEN_ELFNOTE_PHYS32_ENTRY` note, the shape of a PVH-capable vmlinux or
-/// of rust-hypervisor-firmware.
-pub fn pvh_elf(code32: &[u8]) -> Vec<u8> {
+/// Wraps code assembled for [`ELF_LOAD_ADDR`] in an ELF64 file with one
+/// `PT_LOAD` segment there, entered at its start. With `pvh_note`, a
+/// `PT_NOTE` carries the Xen `XEN_ELFNOTE_PHYS32_ENTRY` note (the code is
+/// then 32-bit): the shape of a PVH-capable vmlinux or of
+/// rust-hypervisor-firmware. Without it, the shape of a plain vmlinux.
+pub fn elf(code: &[u8], pvh_note: bool) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let note_offset = EHDR + 2 * PHDR;
+    let phnum = if pvh_note { 2 } else { 1 };
+    let note_offset = EHDR + phnum * PHDR;
     let mut note = Vec::new();
-    note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz ("Xen\0")
-    note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz
-    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-    note.extend_from_slice(b"Xen\0");
-    note.extend_from_slice(&(PVH_LOAD_ADDR as u32).to_le_bytes());
+    if pvh_note {
+        note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz ("Xen\0")
+        note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz
+        note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&(ELF_LOAD_ADDR as u32).to_le_bytes());
+    }
     let code_offset = (note_offset + note.len()).next_multiple_of(16);
 
     let mut elf = Vec::new();
@@ -262,13 +266,13 @@ pub fn pvh_elf(code32: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
     elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&PVH_LOAD_ADDR.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&ELF_LOAD_ADDR.to_le_bytes()); // e_entry
     elf.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
     elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     elf.extend_from_slice(&(EHDR as u16).to_le_bytes());
     elf.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    elf.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&(phnum as u16).to_le_bytes()); // e_phnum
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
@@ -282,10 +286,12 @@ pub fn pvh_elf(code32: &[u8]) -> Vec<u8> {
         elf.extend_from_slice(&(size as u64).to_le_bytes()); // p_memsz
         elf.extend_from_slice(&align.to_le_bytes());
     };
-    phdr(1, 5, code_offset, PVH_LOAD_ADDR, code32.len(), 16); // PT_LOAD, R+X
-    phdr(4, 4, note_offset, 0, note.len(), 4); // PT_NOTE
+    phdr(1, 5, code_offset, ELF_LOAD_ADDR, code.len(), 16); // PT_LOAD, R+X
+    if pvh_note {
+        phdr(4, 4, note_offset, 0, note.len(), 4); // PT_NOTE
+    }
     elf.extend_from_slice(&note);
     elf.resize(code_offset, 0);
-    elf.extend_from_slice(code32);
+    elf.extend_from_slice(code);
     elf
 }
