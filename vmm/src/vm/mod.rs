@@ -80,6 +80,12 @@ pub enum VmError {
     /// Allocating guest memory.
     #[error("cannot allocate guest memory")]
     Memory(#[source] vm_memory::mmap::FromRangesError),
+    /// A guest memory region has no host mapping to hand to KVM.
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    NoHostMapping(u64),
+    /// KVM's CPUID table holds fewer entries than needed.
+    #[error("the CPUID table of {0} entries is too large for KVM")]
+    CpuidTooLarge(usize),
     /// Loading the kernel and boot structures.
     #[error("cannot prepare the guest for boot")]
     Boot(#[source] BootError),
@@ -101,9 +107,12 @@ pub enum VmError {
     /// A vCPU thread failed.
     #[error("a vCPU failed")]
     Vcpu(#[source] VcpuError),
-    /// The exit signal or event loop could not be created or polled.
+    /// The exit signal could not be created.
+    #[error("cannot create the VM exit signal")]
+    ExitSignal(#[source] std::io::Error),
+    /// The event loop could not be created or polled.
     #[error("the VMM event loop failed")]
-    EventLoop(#[source] std::io::Error),
+    EventLoop(#[source] event_manager::Error),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -163,14 +172,15 @@ impl Vm {
         }
         let irqchip = create_irqchip(&vm);
 
-        let exit = Arc::new(ExitSignal::new().map_err(VmError::EventLoop)?);
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::ExitSignal)?);
+        // The image files first: a wrong path fails before devices open the
+        // disk or bind the vsock socket.
+        let boot = prepare_boot(&memory, mem_size, &config.boot).map_err(VmError::Boot)?;
         let devices =
             create_devices(&vm, irqchip, &memory, &config, &exit).map_err(VmError::Devices)?;
-        let boot = prepare_boot(&memory, mem_size, &config.boot).map_err(VmError::Boot)?;
         write_tables(&memory, &devices.acpi).map_err(VmError::Acpi)?;
 
-        let mut events = EventLoop::new()
-            .map_err(|e| VmError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
+        let mut events = EventLoop::new().map_err(VmError::EventLoop)?;
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(Arc::clone(&exit)))));
         for subscriber in devices.subscribers {
             events.add_subscriber(subscriber);
@@ -253,7 +263,7 @@ impl Vm {
         let mut loop_error = None;
         while self.exit.reason().is_none() {
             if let Err(e) = self.events.run() {
-                loop_error = Some(std::io::Error::other(format!("{e:?}")));
+                loop_error = Some(e);
                 break;
             }
         }
@@ -285,10 +295,7 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in memory.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| VmError::VmSetup {
-                what: "map guest memory",
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
+            .map_err(|_| VmError::NoHostMapping(region.start_addr().0))?;
         let mapping = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -333,10 +340,7 @@ fn create_vcpu(
         .map_err(setup("create a vCPU"))?;
     let mut entries = supported.as_slice().to_vec();
     adjust_cpuid(&mut entries, id, cpus, tsc_deadline);
-    let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::VmSetup {
-        what: "build the CPUID table",
-        source: kvm_ioctls::Error::new(libc::E2BIG),
-    })?;
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| VmError::CpuidTooLarge(entries.len()))?;
     fd.set_cpuid2(&cpuid)
         .map_err(setup("set the vCPU's CPUID"))?;
     Ok(fd)
