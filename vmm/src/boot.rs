@@ -421,6 +421,20 @@ mod tests {
     }
 
     #[test]
+    fn command_line_over_the_x86_limit_is_refused() {
+        let kernel = bzimage(0x20f, XLF_KERNEL_64, &[0xf4; 512]);
+        let source = BootSource::Kernel {
+            kernel: kernel.path().to_owned(),
+            initramfs: None,
+            cmdline: "x".repeat(CMDLINE_MAX_SIZE),
+        };
+
+        let err = prepare_boot(&memory(), MEM, &source).unwrap_err();
+
+        assert!(matches!(err, BootError::Cmdline(_)), "{err:?}");
+    }
+
+    #[test]
     fn random_bytes_are_not_a_kernel() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(&[0x11; 4096]).unwrap();
