@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 
+use kvm_bindings::KVM_EXIT_INTERNAL_ERROR;
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -244,6 +245,28 @@ impl Vcpu {
         }
     }
 
+    /// Where the guest was and what KVM said, for a failure message.
+    fn failure_detail(&mut self) -> String {
+        let mut detail = match self.fd.get_regs() {
+            Ok(regs) => format!(" at rip {:#x}", regs.rip),
+            Err(_) => String::new(),
+        };
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+            // SAFETY: for KVM_EXIT_INTERNAL_ERROR the kernel filled the
+            // `internal` member of the exit union; every bit pattern is a
+            // valid value of its plain integer fields.
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            let ndata = (internal.ndata as usize).min(internal.data.len());
+            detail += &format!(
+                " (suberror {}, data {:x?})",
+                internal.suberror,
+                &internal.data[..ndata]
+            );
+        }
+        detail
+    }
+
     fn run_loop(&mut self) -> Result<(), VcpuError> {
         loop {
             match self.control.state() {
@@ -290,8 +313,8 @@ impl Vcpu {
                 VcpuAction::Fail(message) => {
                     return Err(VcpuError::Guest {
                         id: self.id,
-                        message,
-                    })
+                        message: format!("{message}{}", self.failure_detail()),
+                    });
                 }
             }
         }
