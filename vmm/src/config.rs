@@ -35,6 +35,8 @@ pub struct VmConfig {
     pub disk: Option<PathBuf>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device, seeding the guest's CRNG from the host.
+    pub rng: bool,
     /// File the serial console is appended to; standard output when `None`.
     pub console: Option<PathBuf>,
 }
@@ -89,6 +91,7 @@ mod tests {
                 cid: 3,
                 uds_path: "/run/v.sock".into(),
             }),
+            rng: true,
             console: None,
         }
     }

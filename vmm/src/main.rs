@@ -19,6 +19,8 @@
 //!   programs connect to `PATH` and write `CONNECT <port>\n` (CID default 3).
 //! - `--memory-mib N` (default 1024) and `--cpus N` (default 1).
 //! - `--console PATH`: append the serial console here (default: stdout).
+//! - `--no-rng`: leave out the virtio-rng device (present by default, so
+//!   the guest's CRNG is seeded at once).
 //!
 //! Exit status: 0 when the guest powered off or reset (a reset ends the
 //! VMM, like QEMU's `-no-reboot`; stderr says which), or when stopped by
@@ -76,6 +78,9 @@ struct Args {
     /// File the serial console is appended to (default: stdout).
     #[arg(long)]
     console: Option<PathBuf>,
+    /// Leave out the virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
     /// Print the full cause chain on errors.
     #[arg(short, long)]
     verbose: bool,
@@ -104,6 +109,7 @@ impl Args {
                 cid: self.cid,
                 uds_path,
             }),
+            rng: !self.no_rng,
             console: self.console,
         }
     }

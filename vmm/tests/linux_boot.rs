@@ -75,6 +75,7 @@ fn linux_finds_acpi_and_serial_then_reboots_on_panic() {
         cpus: 2,
         disk: None,
         vsock: None,
+        rng: false,
         console: Some(console.clone()),
     };
     let vm = Vm::new(config).unwrap();

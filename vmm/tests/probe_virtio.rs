@@ -437,3 +437,90 @@ fn probe_virtio_mmio_vsock_connects_to_a_host_listener() {
     assert_eq!(data, Some((4, u64::from(u32::from_le_bytes(*b"pong")))));
     assert_eq!(report.take(3), b"END");
 }
+
+/// Reads the DSDT the VMM wrote, following RSDP → XSDT → FADT.
+fn dsdt_from_guest_memory(mem: &vm_memory::GuestMemoryMmap, rsdp: u64) -> Vec<u8> {
+    use vm_memory::{Bytes, GuestAddress};
+
+    let read_u64 = |addr: u64| mem.read_obj::<u64>(GuestAddress(addr)).unwrap();
+    let read_u32 = |addr: u64| mem.read_obj::<u32>(GuestAddress(addr)).unwrap();
+    let xsdt = read_u64(rsdp + 24);
+    let entries = (read_u32(xsdt + 4) as u64 - 36) / 8;
+    let fadt = (0..entries)
+        .map(|i| read_u64(xsdt + 36 + 8 * i))
+        .find(|&table| read_u32(table) == u32::from_le_bytes(*b"FACP"))
+        .expect("no FADT in the XSDT");
+    let dsdt = read_u64(fadt + 140);
+    let mut bytes = vec![0u8; read_u32(dsdt + 4) as usize];
+    mem.read_slice(&mut bytes, GuestAddress(dsdt)).unwrap();
+    bytes
+}
+
+/// Reports magic and device ID of the first four virtio-mmio windows.
+fn window_probe() -> Vec<u8> {
+    use iced_x86::code_asm::*;
+
+    let mut p = Probe::new();
+    p.emit_literal(MARKER);
+    for window in 0..4u64 {
+        p.asm.mov(rbx, VIRTIO_MMIO_START + window * 0x1000).unwrap();
+        p.asm.mov(eax, dword_ptr(rbx)).unwrap();
+        p.emit_rax();
+        p.asm.mov(eax, dword_ptr(rbx + 8)).unwrap();
+        p.emit_rax();
+    }
+    p.emit_literal(b"END");
+    p.finish()
+}
+
+#[test]
+fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
+    if let Some(reason) = kvm_unavailable() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(dir.path(), "probe.bzImage", &bzimage(&window_probe()));
+    let mut config = probe_config(dir.path(), kernel, None, "console=ttyS0");
+    config.disk = Some(write_file(dir.path(), "data.img", &[0; 4096]));
+    config.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds_path: dir.path().join("vsock.sock"),
+    });
+    config.rng = true;
+
+    let vm = Vm::new(config).unwrap();
+    let mem = vm.memory().clone();
+    let rsdp = vm.boot_plan().rsdp_addr;
+    let reason = run_with_watchdog(vm, Duration::from_secs(30));
+
+    assert_eq!(reason, ExitReason::PowerOff);
+    let console = std::fs::read(dir.path().join("console.log")).unwrap();
+    let mut report = Report::find(&console, MARKER);
+    let windows: Vec<(u64, u64)> = (0..4).map(|_| (report.u64(), report.u64())).collect();
+    let magic = 0x7472_6976;
+    assert_eq!(
+        windows,
+        vec![
+            (magic, 2),
+            (magic, 19),
+            (magic, 4),
+            (0xffff_ffff, 0xffff_ffff)
+        ],
+        "block, vsock, rng, then nothing"
+    );
+    let dsdt = dsdt_from_guest_memory(&mem, rsdp);
+    let described: Vec<u32> = dsdt
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0x86, 9, 0, 1]) // Memory32Fixed, read-write
+        .map(|(at, _)| u32::from_le_bytes(dsdt[at + 4..at + 8].try_into().unwrap()))
+        .collect();
+    let expected: Vec<u32> = (0..3)
+        .map(|i| (VIRTIO_MMIO_START + i * 0x1000) as u32)
+        .collect();
+    assert_eq!(
+        described, expected,
+        "the DSDT lists exactly the live windows"
+    );
+}

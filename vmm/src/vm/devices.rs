@@ -32,6 +32,7 @@ use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use crate::devices::virtio::rng::RngDevice;
 use crate::devices::virtio::vsock::{DeviceError as VsockError, VsockDevice};
 use crate::devices::virtio::EventDrivenDevice;
 use crate::event_loop::IrqLine;
@@ -195,8 +196,9 @@ fn console_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, DeviceSetu
     }
 }
 
-/// Creates every device `config` asks for. The data disk comes first so it
-/// is `/dev/vda` (virtio-mmio devices probe in DSDT order).
+/// Creates every device `config` asks for. Virtio windows are handed out in
+/// a fixed order — data disk, vsock, rng — and the data disk comes first so
+/// it is `/dev/vda` (virtio-mmio devices probe in DSDT order).
 pub fn create_devices(
     vm: &Arc<VmFd>,
     irqchip: bool,
@@ -251,6 +253,9 @@ pub fn create_devices(
         let device =
             VsockDevice::new(vsock.cid, &vsock.uds_path).map_err(DeviceSetupError::Vsock)?;
         builder.add_virtio(device)?;
+    }
+    if config.rng {
+        builder.add_virtio(RngDevice::new())?;
     }
     Ok(builder.devices)
 }

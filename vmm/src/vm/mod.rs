@@ -17,6 +17,7 @@
 //!     cpus: 2,
 //!     disk: Some("data.img".into()),
 //!     vsock: None,
+//!     rng: true,
 //!     console: Some("console.log".into()),
 //! };
 //! let reason = Vm::new(config)?.run()?;

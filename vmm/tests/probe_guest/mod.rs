@@ -80,6 +80,7 @@ pub fn probe_config(
         cpus: 1,
         disk: None,
         vsock: None,
+        rng: false,
         console: Some(dir.join("console.log")),
     }
 }
