@@ -22,12 +22,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::virtio::vsock::{VsockDevice, VsockEvent};
 use vmm::devices::virtio::VirtioDevice;
+use vmm_fuzz::push_chain;
 
 const MEM_SIZE: u64 = 0x10_0000;
 const QUEUE_SIZE: u16 = 16;
@@ -93,23 +93,12 @@ impl<'m> Guest<'m> {
     /// Writes `descs` into the table from the next free index and makes the
     /// first one available; flags and `next` are the caller's, unchecked.
     fn push(&mut self, queue: usize, descs: &[(u64, u32, u16, u16)]) {
-        let mock = &self.queues[queue];
-        let head = self.next_desc[queue];
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % QUEUE_SIZE;
-            let desc = Descriptor::new(addr, len, flags, next % QUEUE_SIZE);
-            mock.desc_table()
-                .store(index, RawDescriptor::from(desc))
-                .unwrap();
-        }
-        self.next_desc[queue] = (head + descs.len() as u16) % QUEUE_SIZE;
-        let avail = mock.avail().idx().load();
-        mock.avail()
-            .ring()
-            .ref_at(usize::from(avail % QUEUE_SIZE))
-            .unwrap()
-            .store(head);
-        mock.avail().idx().store(avail.wrapping_add(1));
+        push_chain(
+            &self.queues[queue],
+            QUEUE_SIZE,
+            &mut self.next_desc[queue],
+            descs,
+        );
     }
 }
 

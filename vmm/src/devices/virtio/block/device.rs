@@ -359,7 +359,40 @@ impl VirtioDevice for BlockDevice {
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::GuestAddress;
+
     use super::*;
+
+    #[test]
+    fn id_spreads_over_short_buffers_and_stops_at_twenty_bytes() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let id = device_id("abcdefghijklmnopqrstuvwxyz");
+        let buffers = [
+            Segment {
+                addr: GuestAddress(0x100),
+                len: 8,
+                writable: true,
+            },
+            Segment {
+                addr: GuestAddress(0x200),
+                len: 64,
+                writable: true,
+            },
+        ];
+        mem.write_slice(&[0xff; 64], GuestAddress(0x200)).unwrap();
+
+        let written = write_id(&mem, &id, &buffers);
+        let only_short = write_id(&mem, &id, &buffers[..1]);
+
+        let mut first = [0u8; 8];
+        let mut second = [0u8; 13];
+        mem.read_slice(&mut first, GuestAddress(0x100)).unwrap();
+        mem.read_slice(&mut second, GuestAddress(0x200)).unwrap();
+        assert_eq!(written, 20);
+        assert_eq!(only_short, 8);
+        assert_eq!(&first, b"abcdefgh");
+        assert_eq!(&second, b"ijklmnopqrst\xff");
+    }
 
     #[test]
     fn device_id_is_truncated_or_zero_padded_to_twenty_bytes() {

@@ -113,3 +113,76 @@ impl<D: EventDrivenDevice> MutEventSubscriber for VirtioEventHandler<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::block::BlockDevice;
+    use crate::devices::virtio::mmio::defs::INT_USED_RING;
+    use crate::devices::virtio::mmio::test_driver::{
+        initialize, notify, take_interrupt, test_memory, GuestQueue,
+    };
+    use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::rng::RngDevice;
+    use crate::devices::virtio::vsock::test_driver::wait_readable;
+    use crate::devices::virtio::vsock::VsockDevice;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn transports_and_handlers_can_move_to_other_threads() {
+        assert_send::<MmioTransport<BlockDevice>>();
+        assert_send::<MmioTransport<RngDevice>>();
+        assert_send::<MmioTransport<VsockDevice>>();
+        assert_send::<VirtioEventHandler<BlockDevice>>();
+        assert_send::<VirtioEventHandler<RngDevice>>();
+        assert_send::<VirtioEventHandler<VsockDevice>>();
+    }
+
+    #[test]
+    fn vcpu_thread_notifies_while_the_event_loop_thread_processes() {
+        let mem = test_memory();
+        let device = Arc::new(Mutex::new(RngDevice::new()));
+        let mut transport = MmioTransport::new(mem.clone(), device).unwrap();
+        let handler = transport.event_handler().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let event_loop = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut events =
+                    EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+                events.add_subscriber(Arc::new(Mutex::new(handler)));
+                while !stop.load(Ordering::Acquire) {
+                    events.run_with_timeout(20).unwrap();
+                }
+            })
+        };
+        let mut queue = GuestQueue::new(&mem, GuestAddress(0x1_0000), 16);
+        initialize(&mut transport, 1 << 32, &[&queue]);
+        let mut served = 0;
+
+        for round in 0..50u64 {
+            let buffer = GuestAddress(0x10_0000 + round * 0x100);
+            mem.write_slice(&[0u8; 64], buffer).unwrap();
+            queue.add_chain(&[(buffer, 64, true)]);
+            notify(&mut transport, 0);
+            let irq = transport.interrupt().event().as_raw_fd();
+            while served <= round {
+                assert!(wait_readable(irq, 2000), "no interrupt in round {round}");
+                transport.interrupt().event().read().unwrap();
+                assert_ne!(take_interrupt(&mut transport) & INT_USED_RING, 0);
+                served += queue.take_used().len() as u64;
+            }
+        }
+        stop.store(true, Ordering::Release);
+        event_loop.join().unwrap();
+
+        assert_eq!(served, 50);
+    }
+}

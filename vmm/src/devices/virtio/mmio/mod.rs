@@ -8,38 +8,49 @@
 //! the ACPI DSDT (or on the kernel command line as
 //! `virtio_mmio.device=<size>@<base>:<irq>`).
 //!
-//! ```ignore
+//! ```no_run
 //! use std::sync::{Arc, Mutex};
-//! use event_manager::{EventManager, MutEventSubscriber};
+//!
+//! use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //! use vmm::devices::virtio::block::{BlockConfig, BlockDevice};
 //! use vmm::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let guest_memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 30)])?;
+//! # let (base, gsi) = (0xd000_0000u64, 5u32);
 //! // 1. The device, shared by the transport (vCPU threads) and the event
 //! //    handler (event-loop thread).
-//! let block = Arc::new(Mutex::new(BlockDevice::new(BlockConfig::new(path))?));
+//! let block = BlockDevice::new(BlockConfig::new("/path/to/data.img"))?;
 //! // 2. The transport: the register state machine.
-//! let transport = MmioTransport::new(guest_memory.clone(), block)?;
-//! // 3. Queue notifications without a vCPU exit to user space: one KVM
-//! //    ioeventfd per queue, 4 bytes at base + 0x50, datamatch = queue index.
-//! //    Optional: a plain MMIO write to QueueNotify reaches `write`, which
-//! //    signals the same eventfd.
+//! let transport = MmioTransport::new(guest_memory.clone(), Arc::new(Mutex::new(block)))?;
+//! // 3. Queue notifications without an exit to user space: one KVM ioeventfd
+//! //    per queue, 4 bytes at base + QUEUE_NOTIFY_OFFSET, datamatch = the
+//! //    queue index. Without them, the MMIO write to QueueNotify reaches
+//! //    `write`, which signals the same eventfd.
 //! for (index, event) in transport.queue_events().iter().enumerate() {
-//!     vm_fd.register_ioevent(event, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), index as u32)?;
+//!     // vm_fd.register_ioevent(event, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), index as u32)?;
+//! #   let _ = (index, event, base + QUEUE_NOTIFY_OFFSET);
 //! }
-//! // 4. The interrupt: a KVM irqfd on the device's GSI. Without irqfd, poll
-//! //    `interrupt().event()` and raise the line yourself (see InterruptLine).
-//! vm_fd.register_irqfd(transport.interrupt().event(), gsi)?;
+//! // 4. The interrupt: a KVM irqfd on the device's GSI (edge-triggered in
+//! //    the DSDT). Without irqfd, poll `interrupt().event()` and raise the
+//! //    line yourself (see `InterruptLine`).
+//! // vm_fd.register_irqfd(transport.interrupt().event(), gsi)?;
+//! # let _ = (transport.interrupt().event(), gsi);
 //! // 5. The queue work: add the handler to the event loop (any thread).
-//! let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> = EventManager::new()?;
+//! let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()?;
 //! events.add_subscriber(Arc::new(Mutex::new(transport.event_handler()?)));
 //! // 6. The registers: route MMIO exits in [base, base + MMIO_WINDOW_SIZE)
 //! //    to the transport with the offset inside the window.
 //! let transport = Arc::new(Mutex::new(transport));
-//! bus.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
 //! // ...on a vCPU thread, for VcpuExit::MmioRead(addr, data):
-//! transport.lock().unwrap().read(addr - base, data);
+//! let (addr, mut data) = (base, [0u8; 4]);
+//! transport.lock().unwrap().read(addr - base, &mut data);
 //! // ...and for VcpuExit::MmioWrite(addr, data):
-//! transport.lock().unwrap().write(addr - base, data);
+//! transport.lock().unwrap().write(addr - base, &data);
+//! # let _ = MMIO_WINDOW_SIZE;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Threads

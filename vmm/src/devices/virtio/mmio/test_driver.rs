@@ -203,3 +203,102 @@ pub fn take_interrupt<D: VirtioDevice>(transport: &mut MmioTransport<D>) -> u32 
 pub fn notify<D: VirtioDevice>(transport: &mut MmioTransport<D>, index: u32) {
     write_reg(transport, REG_QUEUE_NOTIFY, index);
 }
+
+/// `VIRTIO_F_VERSION_1` as a feature mask.
+pub const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+/// A device-specific feature the [`RecordingDevice`] offers.
+pub const FEATURE_A: u64 = 1 << 3;
+
+/// `(ready, size, desc, avail, used)` of a queue.
+pub type QueueLayout = (bool, u16, u64, u64, u64);
+
+/// A device that records what the transport did to it.
+#[derive(Debug)]
+pub struct RecordingDevice {
+    /// What `queue_max_sizes` reports.
+    pub max_sizes: Vec<u16>,
+    /// The acked features.
+    pub acked: u64,
+    /// Each queue at activation.
+    pub activated_with: Option<Vec<QueueLayout>>,
+    /// How often it was reset.
+    pub resets: u32,
+    /// Make `activate` fail.
+    pub refuse_activation: bool,
+}
+
+impl Default for RecordingDevice {
+    fn default() -> Self {
+        Self {
+            max_sizes: vec![16, 8],
+            acked: 0,
+            activated_with: None,
+            resets: 0,
+            refuse_activation: false,
+        }
+    }
+}
+
+/// Why the [`RecordingDevice`] refused activation.
+#[derive(Debug, thiserror::Error)]
+#[error("refused")]
+pub struct Refused;
+
+impl VirtioDevice for RecordingDevice {
+    type Error = Refused;
+
+    fn device_type(&self) -> u32 {
+        42
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VERSION_1 | FEATURE_A
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = (offset as u8).wrapping_add(i as u8);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), Refused> {
+        if self.refuse_activation {
+            return Err(Refused);
+        }
+        self.activated_with = Some(
+            queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.ready(),
+                        q.size(),
+                        q.desc_table(),
+                        q.avail_ring(),
+                        q.used_ring(),
+                    )
+                })
+                .collect(),
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.resets += 1;
+        self.acked = 0;
+        self.activated_with = None;
+    }
+}

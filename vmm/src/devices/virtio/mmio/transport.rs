@@ -130,13 +130,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// An MMIO read of `data.len()` bytes at `offset` within the window.
     /// Registers below the configuration space answer only aligned 4-byte
-    /// reads; anything else reads as zeros.
+    /// reads; anything else, and configuration space the device does not
+    /// have, reads as zeros.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
         if offset >= CONFIG_SPACE_OFFSET {
             lock_device(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        data.fill(0);
         let Ok(out) = <&mut [u8; 4]>::try_from(data) else {
             tracing::debug!(
                 offset,
@@ -290,7 +291,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
-        if value & self.status != self.status {
+        // DEVICE_NEEDS_RESET is the device's bit: a driver write without it
+        // neither clears nor sets it.
+        let driver_bits = self.status & !STATUS_DEVICE_NEEDS_RESET;
+        if value & driver_bits != driver_bits {
             tracing::debug!(
                 old = self.status,
                 new = value,
@@ -298,7 +302,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             );
             return;
         }
-        let added = value & !self.status;
+        let added = value & !self.status & !STATUS_DEVICE_NEEDS_RESET;
         if added & STATUS_ACKNOWLEDGE != 0 {
             self.status |= STATUS_ACKNOWLEDGE;
         }
@@ -414,106 +418,13 @@ impl<D: EventDrivenDevice + Send> MmioTransport<D> {
 
 #[cfg(test)]
 mod tests {
-    use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestAddress;
 
     use super::*;
     use crate::devices::virtio::mmio::test_driver::{
         initialize, negotiate, read_reg, setup_queue, take_interrupt, test_memory, write_reg,
-        GuestQueue,
+        GuestQueue, RecordingDevice, FEATURE_A, VERSION_1,
     };
-
-    const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
-    const FEATURE_A: u64 = 1 << 3;
-
-    /// `(ready, size, desc, avail, used)` of a queue.
-    type QueueLayout = (bool, u16, u64, u64, u64);
-
-    /// A device that records what the transport did to it.
-    #[derive(Debug)]
-    struct RecordingDevice {
-        max_sizes: Vec<u16>,
-        acked: u64,
-        /// Each queue at activation.
-        activated_with: Option<Vec<QueueLayout>>,
-        resets: u32,
-        refuse_activation: bool,
-    }
-
-    impl Default for RecordingDevice {
-        fn default() -> Self {
-            Self {
-                max_sizes: vec![16, 8],
-                acked: 0,
-                activated_with: None,
-                resets: 0,
-                refuse_activation: false,
-            }
-        }
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("refused")]
-    struct Refused;
-
-    impl VirtioDevice for RecordingDevice {
-        type Error = Refused;
-
-        fn device_type(&self) -> u32 {
-            42
-        }
-
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.max_sizes
-        }
-
-        fn avail_features(&self) -> u64 {
-            VERSION_1 | FEATURE_A
-        }
-
-        fn acked_features(&self) -> u64 {
-            self.acked
-        }
-
-        fn ack_features(&mut self, features: u64) {
-            self.acked = features;
-        }
-
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, byte) in data.iter_mut().enumerate() {
-                *byte = (offset as u8).wrapping_add(i as u8);
-            }
-        }
-
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-        fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), Refused> {
-            if self.refuse_activation {
-                return Err(Refused);
-            }
-            self.activated_with = Some(
-                queues
-                    .iter()
-                    .map(|q| {
-                        (
-                            q.ready(),
-                            q.size(),
-                            q.desc_table(),
-                            q.avail_ring(),
-                            q.used_ring(),
-                        )
-                    })
-                    .collect(),
-            );
-            Ok(())
-        }
-
-        fn reset(&mut self) {
-            self.resets += 1;
-            self.acked = 0;
-            self.activated_with = None;
-        }
-    }
 
     fn transport(mem: &GuestMemoryMmap) -> MmioTransport<RecordingDevice> {
         MmioTransport::new(
@@ -714,6 +625,29 @@ mod tests {
     }
 
     #[test]
+    fn needs_reset_stays_until_reset_and_the_driver_cannot_set_it() {
+        let mem = test_memory();
+        let mut transport = transport(&mem);
+        device(&transport).refuse_activation = true;
+        start(&mut transport, &mem);
+
+        write_reg(&mut transport, REG_STATUS, 0xf | STATUS_FAILED);
+        let after_failed = read_reg(&mut transport, REG_STATUS);
+        write_reg(&mut transport, REG_STATUS, 0);
+        write_reg(
+            &mut transport,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DEVICE_NEEDS_RESET,
+        );
+
+        assert_eq!(
+            after_failed,
+            0xf | STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET
+        );
+        assert_eq!(read_reg(&mut transport, REG_STATUS), STATUS_ACKNOWLEDGE);
+    }
+
+    #[test]
     fn driver_ok_without_features_ok_does_not_activate() {
         let mem = test_memory();
         let mut transport = transport(&mem);
@@ -829,6 +763,18 @@ mod tests {
         transport.read(CONFIG_SPACE_OFFSET + 5, &mut data);
 
         assert_eq!(data, [5, 6, 7]);
+    }
+
+    #[test]
+    fn config_space_the_device_lacks_reads_as_zeros() {
+        let mem = test_memory();
+        let rng = Arc::new(Mutex::new(crate::devices::virtio::rng::RngDevice::new()));
+        let mut transport = MmioTransport::new(mem, rng).unwrap();
+        let mut data = [0xffu8; 4];
+
+        transport.read(CONFIG_SPACE_OFFSET, &mut data);
+
+        assert_eq!(data, [0; 4]);
     }
 
     #[test]
