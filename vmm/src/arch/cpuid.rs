@@ -68,6 +68,18 @@ pub fn adjust_cpuid(
                     }
                 }
             }
+            // AMD: "number of physical cores - 1" and the APIC-ID bits per
+            // package, so the guest's core count matches the MADT.
+            0x8000_0008 => {
+                let id_bits = 8 - cpus.saturating_sub(1).leading_zeros();
+                entry.ecx = (id_bits << 12) | u32::from(cpus.saturating_sub(1));
+            }
+            // AMD extended APIC ID and core ID; one thread per core, node 0.
+            0x8000_001e => {
+                entry.eax = u32::from(apic_id);
+                entry.ebx = u32::from(apic_id);
+                entry.ecx = 0;
+            }
             HYPERVISOR_LEAF => {
                 entry.eax = entry.eax.max(HYPERVISOR_LEAF + 1);
                 [entry.ebx, entry.ecx, entry.edx] = KVM_SIGNATURE;
@@ -147,6 +159,18 @@ mod tests {
             .iter()
             .filter(|e| e.function == 0x1f)
             .all(|e| e.edx == 1));
+    }
+
+    #[test]
+    fn amd_topology_leaves_match_the_vcpu_count() {
+        let mut entries = vec![leaf(0x8000_0008, 0), leaf(0x8000_001e, 0)];
+
+        adjust_cpuid(&mut entries, 5, 6, false);
+
+        let size = find(&entries, 0x8000_0008, 0).ecx;
+        assert_eq!((size & 0xff, (size >> 12) & 0xf), (5, 3));
+        let ids = find(&entries, 0x8000_001e, 0);
+        assert_eq!((ids.eax, ids.ebx & 0xff, (ids.ebx >> 8) & 0xff), (5, 5, 0));
     }
 
     #[test]
