@@ -7,11 +7,11 @@
 
 mod probe_guest;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use probe_guest::virtio_driver::{
+    check_init, descriptor, init_device, publish, run_with_watchdog, POLL_LIMIT, USED,
+};
 use probe_guest::{bzimage, kvm_unavailable, probe_config, write_file, Probe, Report};
 use vmm::arch::layout::VIRTIO_MMIO_START;
 use vmm::config::VsockConfig;
@@ -21,89 +21,15 @@ use vmm::vm_exit::ExitReason;
 const MARKER: &[u8] = b"PROBE-VIRTIO:";
 /// Guest memory for the queue and buffers (the probe owns 2 MiB..2.5 MiB).
 const QUEUE_AREA: u64 = 0x20_0000;
-const DESC: i32 = 0x0000;
-const AVAIL: i32 = 0x1000;
-const USED: i32 = 0x2000;
 const REQUEST_HEADER: i32 = 0x3000;
 const WRITE_BUFFER: i32 = 0x4000;
 const STATUS_BYTE: i32 = 0x5000;
 const READ_BUFFER: i32 = 0x6000;
-const QUEUE_SIZE: u32 = 8;
 const SECTOR: usize = 512;
-/// Polling rounds before the probe gives up on the device.
-const POLL_LIMIT: u32 = 200_000_000;
 
 /// The byte the probe writes at offset `i` of sector 1.
 fn written_byte(i: usize) -> u8 {
     (i * 3 + 1) as u8
-}
-
-/// The driver's side of device initialisation (virtio 1.2, 3.1.1) for the
-/// device whose registers `regs` points at, with one queue per entry of
-/// `queue_areas` (descriptor table, avail and used rings at [`DESC`],
-/// [`AVAIL`], [`USED`] inside it). Reports magic, version, device ID, the
-/// high feature word, the status after FEATURES_OK and each QueueNumMax.
-fn init_device(p: &mut Probe, regs: iced_x86::code_asm::AsmRegister64, queue_areas: &[u64]) {
-    use iced_x86::code_asm::*;
-
-    let read_reg = |p: &mut Probe, offset: i32| {
-        p.asm.mov(eax, dword_ptr(regs + offset)).unwrap();
-        p.emit_rax();
-    };
-    let write_reg = |p: &mut Probe, offset: i32, value: u32| {
-        p.asm.mov(dword_ptr(regs + offset), value).unwrap();
-    };
-    read_reg(p, 0x000); // MagicValue
-    read_reg(p, 0x004); // Version
-    read_reg(p, 0x008); // DeviceID
-    write_reg(p, 0x070, 0); // reset
-    write_reg(p, 0x070, 1); // ACKNOWLEDGE
-    write_reg(p, 0x070, 3); // DRIVER
-    write_reg(p, 0x014, 1); // DeviceFeaturesSel = high word
-    read_reg(p, 0x010);
-    write_reg(p, 0x024, 1);
-    write_reg(p, 0x020, 1); // VIRTIO_F_VERSION_1 only
-    write_reg(p, 0x024, 0);
-    write_reg(p, 0x020, 0);
-    write_reg(p, 0x070, 0xb); // FEATURES_OK
-    read_reg(p, 0x070);
-    for (index, &area) in queue_areas.iter().enumerate() {
-        write_reg(p, 0x030, index as u32); // QueueSel
-        read_reg(p, 0x034); // QueueNumMax
-        write_reg(p, 0x038, QUEUE_SIZE);
-        for (reg, offset) in [(0x080, DESC), (0x090, AVAIL), (0x0a0, USED)] {
-            write_reg(p, reg, area as u32 + offset as u32);
-            write_reg(p, reg + 4, 0);
-        }
-        write_reg(p, 0x044, 1); // QueueReady
-    }
-    write_reg(p, 0x070, 0xf); // DRIVER_OK
-}
-
-/// Writes descriptor `index` of the table at `area + DESC`.
-fn descriptor(p: &mut Probe, area: u64, index: u64, addr: u64, len: u32, flags: u32, next: u32) {
-    use iced_x86::code_asm::*;
-
-    let at = area + DESC as u64 + index * 16;
-    p.asm.mov(rax, addr).unwrap();
-    p.asm.mov(rbx, at).unwrap();
-    p.asm.mov(qword_ptr(rbx), rax).unwrap();
-    p.asm.mov(dword_ptr(rbx + 8), len).unwrap();
-    p.asm
-        .mov(dword_ptr(rbx + 12), flags | (next << 16))
-        .unwrap();
-}
-
-/// Puts descriptor `head` in avail slot `slot` of the queue at `area` and
-/// publishes avail index `slot + 1`.
-fn publish(p: &mut Probe, area: u64, slot: u32, head: u32) {
-    use iced_x86::code_asm::*;
-
-    p.asm.mov(rbx, area).unwrap();
-    p.asm
-        .mov(word_ptr(rbx + AVAIL + 4 + 2 * slot as i32), head)
-        .unwrap();
-    p.asm.mov(word_ptr(rbx + AVAIL + 2), slot + 1).unwrap();
 }
 
 /// Assembles the virtio-blk probe: [`init_device`], capacity, then per
@@ -177,150 +103,6 @@ fn virtio_blk_probe() -> Vec<u8> {
     p.finish()
 }
 
-/// Guest memory for the vsock queues: rx, tx, event, then buffers.
-const VSOCK_AREA: u64 = 0x30_0000;
-const VSOCK_QUEUES: [u64; 3] = [VSOCK_AREA, VSOCK_AREA + 0x8000, VSOCK_AREA + 0x1_0000];
-const VSOCK_RX_BUFFERS: u64 = VSOCK_AREA + 0x2_0000;
-const VSOCK_RX_BUFFER_SIZE: u32 = 0x1000;
-const VSOCK_TX_PACKETS: u64 = VSOCK_AREA + 0x1_8000;
-const VSOCK_HEADER: u32 = 44;
-const GUEST_CID: u64 = 3;
-const GUEST_PORT: u32 = 5000;
-const HOST_PORT: u32 = 1234;
-/// Receive buffers posted up front.
-const RX_POSTED: u32 = 4;
-
-/// Writes a vsock packet header (virtio 1.2, 5.10.6) at `addr`.
-fn vsock_header(p: &mut Probe, addr: u64, op: u32, len: u32) {
-    use iced_x86::code_asm::*;
-
-    p.asm.mov(rbx, addr).unwrap();
-    p.asm.mov(rax, GUEST_CID).unwrap();
-    p.asm.mov(qword_ptr(rbx), rax).unwrap(); // src_cid
-    p.asm.mov(rax, 2u64).unwrap();
-    p.asm.mov(qword_ptr(rbx + 8), rax).unwrap(); // dst_cid: the host
-    p.asm.mov(dword_ptr(rbx + 16), GUEST_PORT).unwrap();
-    p.asm.mov(dword_ptr(rbx + 20), HOST_PORT).unwrap();
-    p.asm.mov(dword_ptr(rbx + 24), len).unwrap();
-    p.asm.mov(dword_ptr(rbx + 28), 1 | (op << 16)).unwrap(); // type stream, op
-    p.asm.mov(dword_ptr(rbx + 32), 0u32).unwrap(); // flags
-    p.asm.mov(dword_ptr(rbx + 36), 0x1_0000u32).unwrap(); // buf_alloc
-    p.asm.mov(dword_ptr(rbx + 40), 0u32).unwrap(); // fwd_cnt
-}
-
-/// Waits for the rx used index to reach `count` and reports it, then the
-/// op, length and first 4 payload bytes of the packet in used slot
-/// `count - 1` (each a u64).
-fn report_rx_packet(p: &mut Probe, count: u32) {
-    use iced_x86::code_asm::*;
-
-    p.asm.mov(r12, VSOCK_QUEUES[0]).unwrap();
-    p.wait_for_u16(r12, USED + 2, count, POLL_LIMIT);
-    p.emit_rax();
-    // The buffer of that used element: RX_BUFFERS + id * size.
-    p.asm
-        .mov(eax, dword_ptr(r12 + USED + 4 + 8 * (count as i32 - 1)))
-        .unwrap();
-    p.asm.imul_3(eax, eax, VSOCK_RX_BUFFER_SIZE as i32).unwrap();
-    p.asm.mov(rbx, VSOCK_RX_BUFFERS).unwrap();
-    p.asm.add(rbx, rax).unwrap();
-    p.asm.movzx(eax, word_ptr(rbx + 30)).unwrap();
-    p.emit_rax();
-    p.asm.mov(eax, dword_ptr(rbx + 24)).unwrap();
-    p.emit_rax();
-    p.asm.mov(eax, dword_ptr(rbx + 44)).unwrap();
-    p.emit_rax();
-}
-
-/// Assembles the vsock probe: [`init_device`] on the second window, post
-/// receive buffers, connect to host port [`HOST_PORT`], report the reply,
-/// send "ping", then report received packets until a data packet (at
-/// most three), "END".
-fn virtio_vsock_probe() -> Vec<u8> {
-    use iced_x86::code_asm::*;
-
-    let mut p = Probe::new();
-    p.asm.mov(r14, VIRTIO_MMIO_START + 0x1000).unwrap();
-    p.emit_literal(MARKER);
-    init_device(&mut p, r14, &VSOCK_QUEUES);
-
-    for slot in 0..RX_POSTED {
-        let buffer = VSOCK_RX_BUFFERS + u64::from(slot * VSOCK_RX_BUFFER_SIZE);
-        descriptor(
-            &mut p,
-            VSOCK_QUEUES[0],
-            slot.into(),
-            buffer,
-            VSOCK_RX_BUFFER_SIZE,
-            2,
-            0,
-        );
-        publish(&mut p, VSOCK_QUEUES[0], slot, slot);
-    }
-    p.asm.mov(dword_ptr(r14 + 0x050), 0u32).unwrap(); // notify rx
-
-    // REQUEST: a header alone.
-    vsock_header(&mut p, VSOCK_TX_PACKETS, 1, 0);
-    descriptor(
-        &mut p,
-        VSOCK_QUEUES[1],
-        0,
-        VSOCK_TX_PACKETS,
-        VSOCK_HEADER,
-        0,
-        0,
-    );
-    publish(&mut p, VSOCK_QUEUES[1], 0, 0);
-    p.asm.mov(dword_ptr(r14 + 0x050), 1u32).unwrap(); // notify tx
-    report_rx_packet(&mut p, 1);
-
-    // RW "ping": header and payload in two descriptors, as Linux sends it.
-    let payload = VSOCK_TX_PACKETS + 0x100;
-    vsock_header(&mut p, VSOCK_TX_PACKETS + 0x80, 5, 4);
-    p.asm.mov(rbx, payload).unwrap();
-    p.asm
-        .mov(dword_ptr(rbx), u32::from_le_bytes(*b"ping"))
-        .unwrap();
-    descriptor(
-        &mut p,
-        VSOCK_QUEUES[1],
-        1,
-        VSOCK_TX_PACKETS + 0x80,
-        VSOCK_HEADER,
-        1,
-        2,
-    );
-    descriptor(&mut p, VSOCK_QUEUES[1], 2, payload, 4, 0, 0);
-    publish(&mut p, VSOCK_QUEUES[1], 1, 1);
-    p.asm.mov(dword_ptr(r14 + 0x050), 1u32).unwrap();
-
-    let mut done = p.asm.create_label();
-    for count in 2..=RX_POSTED {
-        report_rx_packet(&mut p, count);
-        p.asm.movzx(eax, word_ptr(rbx + 30)).unwrap();
-        p.asm.cmp(eax, 5u32).unwrap();
-        p.asm.je(done).unwrap();
-    }
-    p.asm.set_label(&mut done).unwrap();
-    p.emit_literal(b"END");
-    p.finish()
-}
-
-/// Runs `vm`, stopping it if it has not ended after `limit`.
-fn run_with_watchdog(vm: Vm, limit: Duration) -> ExitReason {
-    let handle = vm.handle();
-    let (done, finished) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(limit).is_err() {
-            handle.stop();
-        }
-    });
-    let reason = vm.run().unwrap();
-    drop(done);
-    watchdog.join().unwrap();
-    reason
-}
-
 #[test]
 fn probe_virtio_mmio() {
     if let Some(reason) = kvm_unavailable() {
@@ -371,73 +153,6 @@ fn probe_virtio_mmio() {
     );
 }
 
-/// Checks the [`init_device`] part of a report.
-fn check_init(report: &mut Report<'_>, device_id: u64, queues: usize) {
-    assert_eq!(report.u64(), 0x7472_6976, "magic \"virt\"");
-    assert_eq!(report.u64(), 2, "virtio-mmio version");
-    assert_eq!(report.u64(), device_id, "device ID");
-    assert_eq!(report.u64() & 1, 1, "VIRTIO_F_VERSION_1 offered");
-    assert_eq!(report.u64() & 0x8, 0x8, "FEATURES_OK accepted");
-    for _ in 0..queues {
-        assert!(report.u64() >= u64::from(QUEUE_SIZE), "QueueNumMax");
-    }
-}
-
-#[test]
-fn probe_virtio_mmio_vsock_connects_to_a_host_listener() {
-    if let Some(reason) = kvm_unavailable() {
-        eprintln!("skipping probe_virtio_mmio_vsock_connects_to_a_host_listener: {reason}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = write_file(dir.path(), "probe.bzImage", &bzimage(&virtio_vsock_probe()));
-    let disk = write_file(dir.path(), "data.img", &[0; 4096]);
-    let uds = dir.path().join("vsock.sock");
-    let listener = UnixListener::bind(dir.path().join(format!("vsock.sock_{HOST_PORT}"))).unwrap();
-    let host = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut ping = [0u8; 4];
-        stream.read_exact(&mut ping).unwrap();
-        stream.write_all(b"pong").unwrap();
-        // Keep the connection open until the VM is gone.
-        let _ = stream.read(&mut [0u8; 1]);
-        ping
-    });
-    let mut config = probe_config(dir.path(), kernel, None, "console=ttyS0");
-    config.disk = Some(disk);
-    config.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
-        uds_path: uds,
-    });
-
-    let vm = Vm::new(config).unwrap();
-    let reason = run_with_watchdog(vm, Duration::from_secs(30));
-
-    assert_eq!(reason, ExitReason::PowerOff, "the probe did not finish");
-    assert_eq!(
-        &host.join().unwrap(),
-        b"ping",
-        "what the host listener read"
-    );
-    let console = std::fs::read(dir.path().join("console.log")).unwrap();
-    let mut report = Report::find(&console, MARKER);
-    check_init(&mut report, 19, 3);
-    assert_eq!(report.u64(), 1, "a reply to the connection request");
-    assert_eq!(report.u64(), 2, "VSOCK_OP_RESPONSE");
-    report.take(16);
-    let mut data = None;
-    for count in 2..=u64::from(RX_POSTED) {
-        assert_eq!(report.u64(), count, "rx used index");
-        let (op, len, payload) = (report.u64(), report.u64(), report.u64());
-        if op == 5 {
-            data = Some((len, payload));
-            break;
-        }
-    }
-    assert_eq!(data, Some((4, u64::from(u32::from_le_bytes(*b"pong")))));
-    assert_eq!(report.take(3), b"END");
-}
-
 /// Reads the DSDT the VMM wrote, following RSDP → XSDT → FADT.
 fn dsdt_from_guest_memory(mem: &vm_memory::GuestMemoryMmap, rsdp: u64) -> Vec<u8> {
     use vm_memory::{Bytes, GuestAddress};
@@ -484,7 +199,7 @@ fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
     let mut config = probe_config(dir.path(), kernel, None, "console=ttyS0");
     config.disk = Some(write_file(dir.path(), "data.img", &[0; 4096]));
     config.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
+        cid: 3,
         uds_path: dir.path().join("vsock.sock"),
     });
     config.rng = true;
