@@ -1,3 +1,5 @@
 //! Devices the guest sees.
 
+pub mod bus;
+pub mod legacy;
 pub mod virtio;

@@ -1,0 +1,261 @@
+//! Building the VM's buses: legacy ports on the PIO bus, virtio-mmio
+//! windows on the MMIO bus, their interrupts and queue notifications wired
+//! into KVM, and their event-loop halves collected for [`super::Vm::run`].
+//!
+//! Interrupts use a KVM irqfd when the VM has an in-kernel irqchip; if
+//! registering it fails, the event loop reads the eventfd and pulses the
+//! line with `KVM_IRQ_LINE` ([`IrqLine`]). Queue notifications use a KVM
+//! ioeventfd when it can be registered, and otherwise arrive as ordinary MMIO
+//! writes, which the transport turns into the same eventfd write.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::acpi::dsdt::{MmioDeviceInfo, PortDeviceInfo};
+use crate::acpi::AcpiPlatform;
+use crate::arch::layout::{IRQ_MAX, SERIAL_IRQ, VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
+use crate::config::VmConfig;
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS, SLEEP_CONTROL_PORT};
+use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORTS};
+use crate::devices::legacy::serial::{SerialConsole, COM1_PORT, SERIAL_PORTS};
+use crate::devices::legacy::{EventFdTrigger, ExitTrigger};
+use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
+use crate::devices::virtio::mmio::{
+    MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use crate::devices::virtio::rng::RngDevice;
+use crate::devices::virtio::vsock::{DeviceError as VsockError, VsockDevice};
+use crate::devices::virtio::EventDrivenDevice;
+use crate::event_loop::IrqLine;
+use crate::vm_exit::{ExitReason, ExitSignal};
+
+/// A subscriber of the VM's event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// What failed while creating a device.
+#[derive(Debug, Error)]
+pub enum DeviceSetupError {
+    /// Opening the console log.
+    #[error("cannot open the console log {}", path.display())]
+    Console {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating an eventfd.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// Placing a device on a bus.
+    #[error("cannot place a device on the bus")]
+    Bus(#[source] BusError),
+    /// Opening the data disk.
+    #[error("cannot create the virtio-blk device")]
+    Block(#[source] BlockError),
+    /// Creating the vsock device.
+    #[error("cannot create the vsock device")]
+    Vsock(#[source] VsockError),
+    /// Creating a virtio-mmio transport.
+    #[error("cannot create the virtio-mmio transport")]
+    Transport(#[source] MmioError),
+    /// More virtio devices than GSIs.
+    #[error("no interrupt line left for another virtio device")]
+    OutOfIrqs,
+}
+
+/// The buses and what else the devices need at run time.
+pub struct Devices {
+    /// Port I/O devices.
+    pub pio: Bus,
+    /// MMIO devices.
+    pub mmio: Bus,
+    /// What the ACPI tables must describe.
+    pub acpi: AcpiPlatform,
+    /// Event-loop halves of the devices.
+    pub subscribers: Vec<Subscriber>,
+}
+
+impl<D: EventDrivenDevice + Send> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data);
+    }
+}
+
+/// Connects an interrupt eventfd to `gsi`: an irqfd if possible, else an
+/// [`IrqLine`] the event loop serves.
+fn connect_irq(
+    vm: &Arc<VmFd>,
+    irqchip: bool,
+    event: EventFd,
+    gsi: u32,
+    subscribers: &mut Vec<Subscriber>,
+) {
+    if irqchip {
+        match vm.register_irqfd(&event, gsi) {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(gsi, error = %e, "no irqfd; the event loop raises this line"),
+        }
+    }
+    let line = IrqLine::new(event, gsi, irqchip.then(|| Arc::clone(vm)));
+    subscribers.push(Arc::new(Mutex::new(line)));
+}
+
+struct Builder<'a> {
+    vm: &'a Arc<VmFd>,
+    irqchip: bool,
+    mem: &'a GuestMemoryMmap,
+    devices: Devices,
+}
+
+impl Builder<'_> {
+    fn add_pio(
+        &mut self,
+        device: impl BusDevice + 'static,
+        base: u64,
+        len: u64,
+    ) -> Result<(), DeviceSetupError> {
+        self.devices
+            .pio
+            .insert(Arc::new(Mutex::new(device)), base, len)
+            .map_err(DeviceSetupError::Bus)
+    }
+
+    fn add_virtio<D: EventDrivenDevice + Send + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<(), DeviceSetupError> {
+        let index = self.devices.acpi.virtio.len() as u64;
+        let gsi = VIRTIO_IRQ_BASE + index as u32;
+        if gsi > IRQ_MAX {
+            return Err(DeviceSetupError::OutOfIrqs);
+        }
+        let base = VIRTIO_MMIO_START + index * MMIO_WINDOW_SIZE;
+        let transport = MmioTransport::new(self.mem.clone(), Arc::new(Mutex::new(device)))
+            .map_err(DeviceSetupError::Transport)?;
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            if let Err(e) = self.vm.register_ioevent(event, &addr, queue as u32) {
+                tracing::debug!(error = %e, "no ioeventfd; queue notifications take the MMIO exit");
+            }
+        }
+        let interrupt = transport
+            .interrupt()
+            .event()
+            .try_clone()
+            .map_err(DeviceSetupError::EventFd)?;
+        connect_irq(
+            self.vm,
+            self.irqchip,
+            interrupt,
+            gsi,
+            &mut self.devices.subscribers,
+        );
+        let handler = transport
+            .event_handler()
+            .map_err(DeviceSetupError::Transport)?;
+        self.devices.subscribers.push(Arc::new(Mutex::new(handler)));
+        self.devices
+            .mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+            .map_err(DeviceSetupError::Bus)?;
+        self.devices.acpi.virtio.push(MmioDeviceInfo {
+            base,
+            len: MMIO_WINDOW_SIZE,
+            irq: gsi,
+        });
+        Ok(())
+    }
+}
+
+fn console_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, DeviceSetupError> {
+    match &config.console {
+        Some(path) => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            .map_err(|source| DeviceSetupError::Console {
+                path: path.clone(),
+                source,
+            }),
+        None => Ok(Box::new(std::io::stdout())),
+    }
+}
+
+/// Creates every device `config` asks for. Virtio windows are handed out in
+/// a fixed order — data disk, vsock, rng — and the data disk comes first so
+/// it is `/dev/vda` (virtio-mmio devices probe in DSDT order).
+pub fn create_devices(
+    vm: &Arc<VmFd>,
+    irqchip: bool,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    exit: &Arc<ExitSignal>,
+) -> Result<Devices, DeviceSetupError> {
+    let mut builder = Builder {
+        vm,
+        irqchip,
+        mem,
+        devices: Devices {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            acpi: AcpiPlatform {
+                cpus: config.cpus,
+                ..Default::default()
+            },
+            subscribers: Vec::new(),
+        },
+    };
+
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceSetupError::EventFd)?;
+    let irq_for_kvm = serial_irq.try_clone().map_err(DeviceSetupError::EventFd)?;
+    connect_irq(
+        vm,
+        irqchip,
+        irq_for_kvm,
+        SERIAL_IRQ,
+        &mut builder.devices.subscribers,
+    );
+    let serial = SerialConsole::new(EventFdTrigger(serial_irq), console_output(config)?);
+    builder.add_pio(serial, COM1_PORT, SERIAL_PORTS)?;
+    builder.devices.acpi.serial.push(PortDeviceInfo {
+        base: COM1_PORT as u16,
+        len: SERIAL_PORTS as u8,
+        irq: SERIAL_IRQ,
+    });
+    let reset = ExitTrigger::new(Arc::clone(exit), ExitReason::Reset);
+    builder.add_pio(I8042::new(reset), I8042_PORT, I8042_PORTS)?;
+    builder.add_pio(
+        AcpiPowerManagement::new(Arc::clone(exit)),
+        u64::from(SLEEP_CONTROL_PORT),
+        ACPI_PM_PORTS,
+    )?;
+
+    if let Some(disk) = &config.disk {
+        let block = BlockDevice::new(BlockConfig::new(disk)).map_err(DeviceSetupError::Block)?;
+        builder.add_virtio(block)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let device =
+            VsockDevice::new(vsock.cid, &vsock.uds_path).map_err(DeviceSetupError::Vsock)?;
+        builder.add_virtio(device)?;
+    }
+    if config.rng {
+        builder.add_virtio(RngDevice::new())?;
+    }
+    Ok(builder.devices)
+}
