@@ -39,6 +39,7 @@ impl Session {
         let backend = backend.map(|b| match b {
             BackendArg::Auto => "auto",
             BackendArg::Qemu => "qemu",
+            BackendArg::Kvm => "kvm",
         });
         let (addr, lease) = manager::acquire(backend).await?;
         Ok(Session {

@@ -40,6 +40,22 @@ pub enum BackendChoice {
     Auto,
     /// QEMU (`qemu-system-x86_64 -M microvm`).
     Qemu,
+    /// Our own VMM (`distroctl-vmm`) on `/dev/kvm`.
+    Kvm,
+}
+
+/// What kind of KVM the configured kernel is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KvmFlavor {
+    /// Decide from the kernel's version string (`pvm` in it marks a PVM
+    /// guest kernel).
+    #[default]
+    Auto,
+    /// A stock kernel for hardware virtualization.
+    Vmx,
+    /// A PVM guest kernel, which runs on a PVM host's `/dev/kvm`.
+    Pvm,
 }
 
 /// The effective settings.
@@ -57,6 +73,8 @@ pub struct Config {
     pub modules: Option<PathBuf>,
     /// VM monitor.
     pub backend: BackendChoice,
+    /// Whether the configured kernel is a PVM guest kernel.
+    pub kvm_flavor: KvmFlavor,
     /// Virtual size of the data disk, used when it is first created.
     #[serde(deserialize_with = "size")]
     pub disk_size: u64,
@@ -82,6 +100,7 @@ impl Default for Config {
             kernel: None,
             modules: None,
             backend: BackendChoice::Auto,
+            kvm_flavor: KvmFlavor::Auto,
             disk_size: 64 << 30,
             boot_timeout: Duration::from_secs(120),
             idle_timeout: Some(Duration::from_secs(60)),

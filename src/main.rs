@@ -201,6 +201,9 @@ enum BackendArg {
     /// QEMU (`-M microvm`), with KVM when the host has hardware
     /// virtualization and emulation otherwise.
     Qemu,
+    /// Our own VMM on /dev/kvm (hardware virtualization, or a PVM host with
+    /// a PVM guest kernel).
+    Kvm,
 }
 
 #[derive(Debug, clap::Args)]

@@ -41,9 +41,26 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
                     Some(control::agent_addr(&paths))
                 }
                 None => {
-                    let accel = accel::choose(&accel::HostFacts::probe());
                     println!("VM:       stopped (the next command boots it)");
-                    println!("Backend:  qemu — {}", accel.reason);
+                    let config = Config::load(&Config::default_path())?;
+                    let own_vmm_installed = std::env::current_exe()
+                        .map(|e| e.with_file_name("distroctl-vmm").is_file())
+                        .unwrap_or(false);
+                    let wanted = accel::Wanted {
+                        choice: config.backend,
+                        pvm_guest_kernel: config.kvm_flavor == crate::config::KvmFlavor::Pvm,
+                        own_vmm_installed,
+                    };
+                    match accel::choose_backend(&accel::HostFacts::probe(), &wanted) {
+                        Ok(plan) => {
+                            let name = match plan.monitor {
+                                accel::Monitor::OwnVmm => "kvm",
+                                accel::Monitor::Qemu { .. } => "qemu",
+                            };
+                            println!("Backend:  {name} — {}", plan.reason);
+                        }
+                        Err(why) => println!("Backend:  none — {why}"),
+                    }
                     None
                 }
             }
@@ -125,6 +142,10 @@ pub fn config() -> Result<(), AnyError> {
     println!(
         "backend = \"{}\"",
         format!("{:?}", c.backend).to_lowercase()
+    );
+    println!(
+        "kvm_flavor = \"{}\"",
+        format!("{:?}", c.kvm_flavor).to_lowercase()
     );
     match &c.kernel {
         Some(k) => println!("kernel = \"{}\"", k.display()),

@@ -184,7 +184,8 @@ fn config_for(backend: Option<&str>) -> Result<Config, String> {
     match backend {
         Some("qemu") => config.backend = BackendChoice::Qemu,
         Some("auto") => config.backend = BackendChoice::Auto,
-        Some(other) => return Err(format!("unknown backend {other:?}: use auto or qemu")),
+        Some("kvm") => config.backend = BackendChoice::Kvm,
+        Some(other) => return Err(format!("unknown backend {other:?}: use auto, kvm or qemu")),
         None => {}
     }
     Ok(config)

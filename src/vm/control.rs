@@ -12,7 +12,7 @@ use super::accel::{self, HostFacts};
 use super::data_disk::{self, DataDiskError};
 use super::state::{self, VmPaths, VmState};
 use crate::agent_client::{self, AgentAddr};
-use crate::config::{BackendChoice, Config};
+use crate::config::{Config, KvmFlavor};
 use crate::guest::initramfs::{self, InitramfsError};
 use crate::guest::kernel::{self, KernelError, KernelSpec};
 
@@ -40,6 +40,9 @@ pub enum VmError {
         /// Where it was expected.
         path: PathBuf,
     },
+    /// No backend can run the VM as configured.
+    #[error("{0}")]
+    Backend(String),
     /// QEMU is not installed.
     #[error(
         "qemu-system-x86_64 is missing; install it with: sudo apt-get install qemu-system-x86"
@@ -138,9 +141,6 @@ pub async fn boot(
     progress: Progress<'_>,
 ) -> Result<Child, VmError> {
     paths.create().map_err(runtime_err(&paths.dir))?;
-    let (BackendChoice::Auto | BackendChoice::Qemu) = config.backend;
-    let qemu = find_qemu()?;
-    let accel = accel::choose(&HostFacts::probe());
     let init_bin = guest_binary("distroctl-init")?;
     let agent_bin = guest_binary("distroctl-agent")?;
     let spec = KernelSpec {
@@ -177,9 +177,37 @@ pub async fn boot(
     if console.exists() {
         let _ = std::fs::rename(&console, console.with_extension("log.old"));
     }
+    let pvm_guest_kernel = match config.kvm_flavor {
+        KvmFlavor::Pvm => true,
+        KvmFlavor::Vmx => false,
+        KvmFlavor::Auto => kernel.version.contains("pvm"),
+    };
+    let wanted = accel::Wanted {
+        choice: config.backend,
+        pvm_guest_kernel,
+        own_vmm_installed: guest_binary("distroctl-vmm").is_ok(),
+    };
+    let plan = accel::choose_backend(&HostFacts::probe(), &wanted).map_err(VmError::Backend)?;
+    let (monitor_flag, monitor_path, kvm, what) = match plan.monitor {
+        accel::Monitor::OwnVmm => (
+            "--vmm",
+            guest_binary("distroctl-vmm")?,
+            true,
+            "own VMM, KVM",
+        ),
+        accel::Monitor::Qemu { kvm } => (
+            "--qemu",
+            find_qemu()?,
+            kvm,
+            if kvm {
+                "QEMU, KVM"
+            } else {
+                "QEMU, TCG emulation"
+            },
+        ),
+    };
     progress(&format!(
-        "Starting the utility VM (QEMU, {}, kernel {})",
-        if accel.kvm { "KVM" } else { "TCG emulation" },
+        "Starting the utility VM ({what}, kernel {})",
         kernel.version
     ));
 
@@ -188,10 +216,10 @@ pub async fn boot(
     let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("vm-run")
-        .arg("--qemu")
-        .arg(&qemu)
+        .arg(monitor_flag)
+        .arg(&monitor_path)
         .arg("--reason")
-        .arg(&accel.reason)
+        .arg(&plan.reason)
         .arg("--memory-mib")
         .arg((config.memory >> 20).to_string())
         .arg("--cpus")
@@ -215,7 +243,7 @@ pub async fn boot(
                 .map_err(runtime_err(&paths.runner_log()))?,
         )
         .stderr(runner_log);
-    if accel.kvm {
+    if kvm {
         cmd.arg("--kvm");
     }
     // SAFETY: setsid in the forked child detaches the runner from this
@@ -312,7 +340,7 @@ pub fn kill(paths: &VmPaths) {
     if let Some(state) = VmState::read(&paths.state_file()) {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(state.qemu_pid as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(state.vmm_pid as i32), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(state.runner_pid as i32), Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(5);

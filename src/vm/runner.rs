@@ -1,8 +1,10 @@
 //! `distroctl vm-run`: the detached process that owns one running utility
-//! VM. It holds the VM lock, serves our vsock device to QEMU over
-//! vhost-user, runs QEMU, and cleans up when QEMU ends (guest power-off,
-//! crash or kill). Being a separate process, a crash of the CLI never takes
-//! the VM down, and killing the runner takes QEMU with it.
+//! VM. It holds the VM lock and runs the VM monitor — our own VMM
+//! (`distroctl-vmm`, with its vsock device in-process) or QEMU (with our
+//! vsock device served over vhost-user, and passt for the network) — and
+//! cleans up when the monitor ends (guest power-off, crash or kill). Being a
+//! separate process, a crash of the manager never takes the VM down, and
+//! killing the runner takes the monitor with it.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -18,10 +20,13 @@ use super::state::{try_lock, VmPaths, VmState};
 /// What the runner is told by the CLI that started it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunnerArgs {
-    /// QEMU binary.
+    /// QEMU binary (the QEMU backend).
+    #[arg(long, required_unless_present = "vmm", conflicts_with = "vmm")]
+    pub qemu: Option<PathBuf>,
+    /// Our VMM binary, `distroctl-vmm` (the KVM backend).
     #[arg(long)]
-    pub qemu: PathBuf,
-    /// Use KVM.
+    pub vmm: Option<PathBuf>,
+    /// Use KVM (QEMU backend).
     #[arg(long)]
     pub kvm: bool,
     /// Why this accelerator.
@@ -74,10 +79,10 @@ pub enum RunnerError {
     /// The vsock backend did not start.
     #[error("cannot start the vsock device backend")]
     Vsock(#[source] vmm::vhost_user::VhostUserError),
-    /// QEMU did not start.
+    /// The VM monitor (QEMU or our VMM) did not start.
     #[error("cannot start {}", path.display())]
-    Qemu {
-        /// The QEMU binary.
+    Monitor {
+        /// The monitor's binary.
         path: PathBuf,
         /// Cause.
         #[source]
@@ -105,52 +110,65 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     }
     let _ = signals.thread_block();
 
-    let backend = vmm::vhost_user::spawn_vhost_user_vsock(
-        &paths.vhost_socket(),
-        &paths.vsock_socket(),
-        GUEST_CID,
-    )
-    .map_err(RunnerError::Vsock)?;
-    let network = super::passt::GuestNetwork::default();
-    let passt = super::passt::start_in(&paths.dir, &network);
-
-    let spec = QemuSpec {
-        binary: args.qemu.clone(),
-        kvm: args.kvm,
-        memory_mib: args.memory_mib,
-        cpus: args.cpus,
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        disk: args.disk.clone(),
-        vhost_socket: paths.vhost_socket(),
-        console_log: args.console_log.clone(),
-        tsc_khz: super::accel::tsc_khz(),
-        network: passt.as_ref().map(|p| (p.socket().to_owned(), network)),
+    let (mut cmd, helpers) = match (&args.vmm, &args.qemu) {
+        (Some(vmm), _) => (own_vmm_command(vmm, &args, &paths), None),
+        (None, Some(qemu)) => {
+            let backend = vmm::vhost_user::spawn_vhost_user_vsock(
+                &paths.vhost_socket(),
+                &paths.vsock_socket(),
+                GUEST_CID,
+            )
+            .map_err(RunnerError::Vsock)?;
+            let network = super::passt::GuestNetwork::default();
+            let passt = super::passt::start_in(&paths.dir, &network);
+            let spec = QemuSpec {
+                binary: qemu.clone(),
+                kvm: args.kvm,
+                memory_mib: args.memory_mib,
+                cpus: args.cpus,
+                kernel: args.kernel.clone(),
+                initrd: args.initrd.clone(),
+                disk: args.disk.clone(),
+                vhost_socket: paths.vhost_socket(),
+                console_log: args.console_log.clone(),
+                tsc_khz: super::accel::tsc_khz(),
+                network: passt.as_ref().map(|p| (p.socket().to_owned(), network)),
+            };
+            let mut cmd = Command::new(&spec.binary);
+            cmd.args(spec.args());
+            (cmd, Some((backend, passt)))
+        }
+        (None, None) => unreachable!("clap requires --qemu or --vmm"),
     };
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(spec.args())
-        .stdin(Stdio::null())
+    let backend_name = if args.vmm.is_some() { "kvm" } else { "qemu" };
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     // SAFETY: prctl in the forked child only sets its parent-death signal;
-    // this thread (the runner's main thread) lives until QEMU is reaped, so
-    // the signal fires only when the runner itself dies.
+    // this thread (the runner's main thread) lives until the monitor is
+    // reaped, so the signal fires only when the runner itself dies.
     unsafe {
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             Ok(())
         });
     }
-    let mut qemu = cmd.spawn().map_err(|source| RunnerError::Qemu {
-        path: spec.binary.clone(),
+    let program = PathBuf::from(cmd.get_program());
+    let mut monitor = cmd.spawn().map_err(|source| RunnerError::Monitor {
+        path: program,
         source,
     })?;
-    tracing::info!(pid = qemu.id(), kvm = args.kvm, "QEMU started");
+    tracing::info!(
+        pid = monitor.id(),
+        backend = backend_name,
+        kvm = args.kvm,
+        "VM monitor started"
+    );
 
     let state = VmState {
         runner_pid: std::process::id(),
-        qemu_pid: qemu.id(),
-        backend: "qemu".into(),
+        vmm_pid: monitor.id(),
+        backend: backend_name.into(),
         reason: args.reason.clone(),
         started_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -165,24 +183,48 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     }
 
     let code = loop {
-        match qemu.try_wait() {
+        match monitor.try_wait() {
             Ok(Some(status)) => break status.code().unwrap_or(1),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "waiting for QEMU failed");
+                tracing::warn!(error = %e, "waiting for the VM monitor failed");
                 break 1;
             }
         }
         if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
-            tracing::info!(?sig, "stopping QEMU");
-            let _ = qemu.kill();
+            tracing::info!(?sig, "stopping the VM monitor");
+            let _ = monitor.kill();
         }
     };
-    tracing::info!(code, "QEMU exited");
-    drop(passt);
-    drop(backend);
+    tracing::info!(code, "VM monitor exited");
+    drop(helpers);
     paths.remove_runtime_files();
     Ok(code)
+}
+
+/// The `distroctl-vmm` command line for this VM: the same kernel,
+/// initramfs, command line, data disk and vsock socket as under QEMU.
+fn own_vmm_command(vmm: &std::path::Path, args: &RunnerArgs, paths: &VmPaths) -> Command {
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--kernel")
+        .arg(&args.kernel)
+        .arg("--initramfs")
+        .arg(&args.initrd)
+        .arg("--cmdline")
+        .arg(super::qemu::KERNEL_CMDLINE)
+        .arg("--disk")
+        .arg(&args.disk)
+        .arg("--vsock-uds")
+        .arg(paths.vsock_socket())
+        .arg("--cid")
+        .arg(GUEST_CID.to_string())
+        .arg("--memory-mib")
+        .arg(args.memory_mib.to_string())
+        .arg("--cpus")
+        .arg(args.cpus.min(u8::MAX.into()).to_string())
+        .arg("--console")
+        .arg(&args.console_log);
+    cmd
 }
 
 /// Waits up to `timeout` for one of the blocked `signals`.

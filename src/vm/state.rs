@@ -69,9 +69,10 @@ impl VmPaths {
 pub struct VmState {
     /// PID of the runner process.
     pub runner_pid: u32,
-    /// PID of QEMU.
-    pub qemu_pid: u32,
-    /// `qemu`.
+    /// PID of the VM monitor (QEMU or `distroctl-vmm`).
+    #[serde(alias = "qemu_pid")]
+    pub vmm_pid: u32,
+    /// `qemu` or `kvm` (our own VMM).
     pub backend: String,
     /// Why this backend and accelerator.
     pub reason: String,
@@ -159,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = VmState {
             runner_pid: 1,
-            qemu_pid: 2,
+            vmm_pid: 2,
             backend: "qemu".into(),
             reason: "r".into(),
             started_at: 3,

@@ -35,6 +35,12 @@ impl TestVm {
         let config = home.path().join(".config/distroctl");
         std::fs::create_dir_all(&config).unwrap();
         let mut text = String::new();
+        // The whole suite runs on either backend: DISTROCTL_TEST_BACKEND=kvm
+        // runs it on our own VMM (hosts with hardware virtualization).
+        let backend = std::env::var("DISTROCTL_TEST_BACKEND").unwrap_or_else(|_| "qemu".into());
+        if !extra.contains("backend =") {
+            text.push_str(&format!("backend = \"{backend}\"\n"));
+        }
         for (key, value) in [("memory", "\"1G\""), ("cpus", "2"), ("disk_size", "\"8G\"")] {
             if !extra.contains(&format!("{key} =")) {
                 text.push_str(&format!("{key} = {value}\n"));
@@ -60,8 +66,9 @@ impl TestVm {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// PID of the VM monitor (QEMU here).
     pub fn qemu_pid(&self) -> Option<i32> {
-        self.state()?.get("qemu_pid")?.as_i64().map(|p| p as i32)
+        self.state()?.get("vmm_pid")?.as_i64().map(|p| p as i32)
     }
 
     pub fn runner_pid(&self) -> Option<i32> {
