@@ -144,7 +144,8 @@ enum Command {
         #[arg(short = 'T', long)]
         no_tty: bool,
         /// Command and arguments.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// (`--` before it is optional, so `rsync -e 'distroctl exec'` works.)
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Open an interactive login shell in a distro.

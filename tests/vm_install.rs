@@ -147,7 +147,7 @@ fn wrong_checksum_is_refused_and_nothing_is_registered() {
         !list.contains("fixture") && list.contains("witness"),
         "{list}"
     );
-    let downloads = std::path::Path::new(common::vm::SHARED_CACHE).join("distroctl/downloads");
+    let downloads = common::vm::shared_cache().join("distroctl/downloads");
     let kept: Vec<_> = std::fs::read_dir(&downloads)
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -108,6 +108,11 @@ pub fn build(
     let digest = content_digest(&members);
     let path = out_dir.join(format!("initramfs-{}.cpio", &digest[..32]));
     if path.is_file() {
+        // Mark it as in use, so another distroctl build sharing this cache
+        // does not drop it (see `remove_other_archives`).
+        if let Ok(file) = fs::File::options().append(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
         return Ok(path);
     }
     write_archive(&members, &path)?;
@@ -275,8 +280,13 @@ fn write_archive(members: &[(String, Member)], path: &Path) -> Result<(), Initra
     result.map_err(write_error)
 }
 
-/// Drops archives built from older inputs; a VM that booted from one has
-/// already read it into memory.
+/// How long an archive built from other inputs is kept after its last use:
+/// another distroctl build sharing the cache (a second checkout, an
+/// upgrade) may be about to boot from it.
+const UNUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Drops archives built from other inputs and unused for [`UNUSED_GRACE`];
+/// a VM that booted from one has already read it into memory.
 fn remove_other_archives(out_dir: &Path, keep: &Path) {
     let Ok(entries) = fs::read_dir(out_dir) else {
         return;
@@ -285,7 +295,13 @@ fn remove_other_archives(out_dir: &Path, keep: &Path) {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if path != keep && name.starts_with("initramfs-") && name.ends_with(".cpio") {
+        let unused = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= UNUSED_GRACE);
+        if path != keep && name.starts_with("initramfs-") && name.ends_with(".cpio") && unused {
             let _ = fs::remove_file(path);
         }
     }
@@ -478,16 +494,32 @@ mod tests {
 
         let after = fs::metadata(&second).unwrap();
         assert_eq!(first, second);
-        assert_eq!(
-            (before.ino(), before.mtime_nsec()),
-            (after.ino(), after.mtime_nsec())
-        );
+        assert_eq!((before.ino(), before.size()), (after.ino(), after.size()));
+    }
+
+    #[test]
+    fn recently_used_archive_of_other_inputs_is_kept() {
+        let inputs = inputs();
+        let first = inputs.build();
+        fs::write(inputs.agent(), b"agent-binary-v2").unwrap();
+
+        let second = inputs.build();
+
+        assert_ne!(first, second);
+        assert!(first.exists(), "another build may be booting from it");
     }
 
     #[test]
     fn changed_binary_gives_a_new_archive_and_drops_the_old() {
         let inputs = inputs();
         let first = inputs.build();
+        let long_ago = std::time::SystemTime::now() - 2 * UNUSED_GRACE;
+        fs::File::options()
+            .append(true)
+            .open(&first)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
         fs::write(inputs.agent(), b"agent-binary-v2").unwrap();
 
         let second = inputs.build();

@@ -4,3 +4,4 @@
 
 pub mod ssh_config;
 pub mod ssh_setup;
+pub mod sshd_start;

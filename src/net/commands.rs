@@ -1,5 +1,6 @@
 //! `distroctl port-forward`, `ports` and `proxy`.
 
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 
 use super::forward::{self, ForwardOptions};
@@ -49,11 +50,53 @@ pub fn ports() {
     }
 }
 
-/// Relays stdin/stdout to `port` in `distro`.
+/// Relays stdin/stdout to `port` in `distro`. On the distro's ssh port
+/// (see `ssh-setup`), a stopped sshd is started first: after a VM restart
+/// nothing else would start it.
 pub async fn proxy(agent: &AgentAddr, distro: &str, port: u16) -> Result<(), RelayError> {
-    let conn = relay::open(agent, Some(distro), port).await?;
-    relay::splice(conn, tokio::io::stdin(), tokio::io::stdout(), port).await?;
+    let conn = match relay::open(agent, Some(distro), port).await {
+        Err(RelayError::Refused { .. }) if port == crate::ide::ssh_config::ssh_port(distro) => {
+            match crate::ide::sshd_start::start_if_installed(agent, distro, port).await {
+                Ok(true) => open_after_start(agent, distro, port).await?,
+                Ok(false) => relay::open(agent, Some(distro), port).await?,
+                Err(source) => return Err(RelayError::Agent { port, source }),
+            }
+        }
+        other => other?,
+    };
+    relay::splice(conn, tokio::io::stdin(), owned_stdout(), port).await?;
     Ok(())
+}
+
+/// Standard output as a file this relay owns: unbuffered (unlike
+/// `std::io::stdout`, which holds bytes after the last newline), and closed
+/// when the guest's side ends, which is how a `ProxyCommand`'s ssh sees the
+/// connection end.
+fn owned_stdout() -> tokio::fs::File {
+    // SAFETY: fd 1 is open for the life of the process, and nothing else in
+    // `distroctl proxy` writes to it (messages go to stderr), so taking
+    // ownership of it (and closing it when done) affects no other user.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(1) };
+    tokio::fs::File::from_std(std::fs::File::from(fd))
+}
+
+/// Opens the relay to a server that was just started and may take a
+/// moment to listen.
+async fn open_after_start(
+    agent: &AgentAddr,
+    distro: &str,
+    port: u16,
+) -> Result<crate::agent_client::Connection, RelayError> {
+    let mut tries = 0;
+    loop {
+        match relay::open(agent, Some(distro), port).await {
+            Err(RelayError::Refused { .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The networking and IDE commands, flattened into the CLI's top level.

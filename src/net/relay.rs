@@ -82,7 +82,8 @@ pub struct Moved {
 }
 
 /// Splices `conn` with `reader` (towards the guest) and `writer` (from the
-/// guest) until both directions have ended or the agent goes away.
+/// guest) until both directions have ended or the agent goes away. The
+/// writer is shut down and dropped as soon as the guest's side ends.
 pub async fn splice<R, W>(
     conn: Connection,
     mut reader: R,
@@ -121,12 +122,16 @@ where
             })?;
         Ok(sent)
     };
-    let downstream = async {
+    let downstream = async move {
         let mut to_local = 0u64;
         loop {
             match from_guest.next().await {
                 Some(Ok(Frame::Data(bytes))) => {
+                    // Flushed at once: interactive protocols (ssh) wait
+                    // for every packet, and buffered writers would hold
+                    // back whatever follows the last newline.
                     writer.write_all(&bytes).await.map_err(io_err)?;
+                    writer.flush().await.map_err(io_err)?;
                     to_local += bytes.len() as u64;
                 }
                 Some(Ok(Frame::DataEnd)) => break,
@@ -151,8 +156,10 @@ where
                 }
             }
         }
-        writer.flush().await.map_err(io_err)?;
         writer.shutdown().await.map_err(io_err)?;
+        // Dropping the writer closes it, so a pipe reader sees the end now,
+        // not when the local input ends too.
+        drop(writer);
         Ok(to_local)
     };
     tokio::pin!(upstream, downstream);

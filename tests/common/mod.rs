@@ -192,11 +192,18 @@ pub trait Cli {
     /// Streams `data` through `cat` in `distro` and returns the output.
     /// Closing stdin at the end must reach `cat` as end of file.
     fn round_trip_through_cat(&self, distro: &str, data: &[u8]) -> Output {
+        self.pipe_through(&["exec", distro, "--", "cat"], data)
+    }
+
+    /// Runs `distroctl ARGS` with `data` on stdin (closed at its end) and
+    /// returns the output.
+    fn pipe_through(&self, args: &[&str], data: &[u8]) -> Output {
         let mut child = self
             .cli()
-            .args(["exec", distro, "--", "cat"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();

@@ -13,7 +13,13 @@ use super::{binary, Cli};
 static ONE_VM: Mutex<()> = Mutex::new(());
 
 /// Kernels and initramfs images are shared between tests (fetched once).
-pub const SHARED_CACHE: &str = "/var/cache/distroctl-tests/cache";
+/// (`DISTROCTL_TEST_CACHE` puts them elsewhere, e.g. for a second
+/// checkout testing beside the first.)
+pub fn shared_cache() -> PathBuf {
+    std::env::var_os("DISTROCTL_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/distroctl-tests/cache"))
+}
 
 pub struct TestVm {
     pub home: tempfile::TempDir,
@@ -48,7 +54,7 @@ impl TestVm {
         }
         text.push_str(extra);
         std::fs::write(config.join("config.toml"), text).unwrap();
-        std::fs::create_dir_all(SHARED_CACHE).unwrap();
+        std::fs::create_dir_all(shared_cache()).unwrap();
         TestVm { home, _turn: turn }
     }
 
@@ -126,7 +132,7 @@ impl Cli for TestVm {
             .env("XDG_CONFIG_HOME", h.join(".config"))
             .env("XDG_DATA_HOME", h.join(".local/share"))
             .env("XDG_RUNTIME_DIR", h.join("run"))
-            .env("XDG_CACHE_HOME", SHARED_CACHE)
+            .env("XDG_CACHE_HOME", shared_cache())
             .env_remove("DISTROCTL_AGENT_SOCKET");
         cmd
     }
