@@ -108,7 +108,7 @@ fn concurrent_commands_boot_one_vm_and_a_second_runner_is_refused() {
     }
     let runner_log = std::fs::read_to_string(vm.runtime_dir().join("runner.log")).unwrap();
     assert_eq!(
-        runner_log.matches("QEMU started").count(),
+        runner_log.matches("VM monitor started").count(),
         1,
         "{runner_log}"
     );
