@@ -43,13 +43,10 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
                 None => {
                     println!("VM:       stopped (the next command boots it)");
                     let config = Config::load(&Config::default_path())?;
-                    let own_vmm_installed = std::env::current_exe()
-                        .map(|e| e.with_file_name("distroctl-vmm").is_file())
-                        .unwrap_or(false);
                     let wanted = accel::Wanted {
                         choice: config.backend,
                         pvm_guest_kernel: config.kvm_flavor == crate::config::KvmFlavor::Pvm,
-                        own_vmm_installed,
+                        own_vmm_installed: control::guest_binary("distroctl-vmm").is_ok(),
                     };
                     match accel::choose_backend(&accel::HostFacts::probe(), &wanted) {
                         Ok(plan) => {

@@ -60,13 +60,11 @@ source = {{ kind = "tarball", url = "{url}", sha256 = "{sha256}" }}
     .unwrap();
 }
 
-fn installed(vm: &TestVm) -> String {
-    text(&vm.ok(&["list"]).stdout)
-}
-
-#[test]
-fn install_verifies_the_download_and_creates_the_default_user() {
-    let vm = TestVm::new("");
+/// Serves a fresh [`unique_fixture`] at `/fixture.tar.gz`, honouring
+/// `Range`; each of the first `cuts` responses is cut after a twentieth of
+/// the body, later ones are whole. Returns the server, the URL and the
+/// fixture's SHA-256.
+fn serve_fixture(cuts: usize) -> (TestServer, String, String) {
     let server = TestServer::start();
     let (body, sha) = unique_fixture();
     let len = body.len();
@@ -75,13 +73,24 @@ fn install_verifies_the_download_and_creates_the_default_user() {
         Route {
             body,
             honour_range: true,
-            // Each of the first install's attempts is cut short; later
-            // responses are whole.
-            cuts: std::iter::repeat_n(len / 20, 4).collect(),
+            cuts: std::iter::repeat_n(len / 20, cuts).collect(),
             ..Route::default()
         },
     );
-    write_catalog(&vm, &server.url("/fixture.tar.gz"), &sha);
+    let url = server.url("/fixture.tar.gz");
+    (server, url, sha)
+}
+
+fn installed(vm: &TestVm) -> String {
+    text(&vm.ok(&["list"]).stdout)
+}
+
+#[test]
+fn install_verifies_the_download_and_creates_the_default_user() {
+    let vm = TestVm::new("");
+    // Each of the first install's attempts is cut short.
+    let (server, url, sha) = serve_fixture(4);
+    write_catalog(&vm, &url, &sha);
 
     let out = vm.run(&["install", "fixture", "--user", "alice"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -123,18 +132,9 @@ fn install_verifies_the_download_and_creates_the_default_user() {
 #[test]
 fn wrong_checksum_is_refused_and_nothing_is_registered() {
     let vm = TestVm::new("");
-    let server = TestServer::start();
-    let (body, sha) = unique_fixture();
-    server.route(
-        "/fixture.tar.gz",
-        Route {
-            body,
-            honour_range: true,
-            ..Route::default()
-        },
-    );
+    let (_server, url, sha) = serve_fixture(0);
     let wrong: String = sha.chars().rev().collect();
-    write_catalog(&vm, &server.url("/fixture.tar.gz"), &wrong);
+    write_catalog(&vm, &url, &wrong);
     vm.ok(&["import", "witness", debian_rootfs().to_str().unwrap()]);
 
     let out = vm.run(&["install", "fixture"]);
@@ -161,17 +161,8 @@ fn wrong_checksum_is_refused_and_nothing_is_registered() {
 #[test]
 fn start_offers_to_install_a_missing_catalog_distro() {
     let vm = TestVm::new("");
-    let server = TestServer::start();
-    let (body, sha) = unique_fixture();
-    server.route(
-        "/fixture.tar.gz",
-        Route {
-            body,
-            honour_range: true,
-            ..Route::default()
-        },
-    );
-    write_catalog(&vm, &server.url("/fixture.tar.gz"), &sha);
+    let (server, url, sha) = serve_fixture(0);
+    write_catalog(&vm, &url, &sha);
 
     let asked = vm.run(&["start", "fixture"]);
     assert_eq!(asked.status.code(), Some(1));

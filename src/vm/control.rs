@@ -113,7 +113,8 @@ fn runtime_err(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
 /// Reports a boot step to whoever waits for the VM.
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
-fn guest_binary(name: &str) -> Result<PathBuf, VmError> {
+/// A binary installed beside `distroctl` (the guest binaries, our VMM).
+pub fn guest_binary(name: &str) -> Result<PathBuf, VmError> {
     let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
     let path = exe.with_file_name(name);
     if path.is_file() {
