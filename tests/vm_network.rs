@@ -157,7 +157,19 @@ class H(socketserver.BaseRequestHandler):
             data += b
         self.request.sendall(bytes(reversed(data)))
 socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.request_queue_size = 64
 socketserver.ThreadingTCPServer(('127.0.0.1', PORT), H).serve_forever()
+\"";
+
+/// Reads what the client sends first, then resets the connection.
+const RESETTING_SERVER: &str = "exec python3 -c \"
+import socket, struct
+s = socket.create_server(('127.0.0.1', PORT))
+while True:
+    c, _ = s.accept()
+    c.recv(100)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    c.close()
 \"";
 
 fn random_bytes(len: usize, seed: u8) -> Vec<u8> {
@@ -259,10 +271,31 @@ fn vm_forwards_ports_and_proxies_streams() {
         let (got, want, differs_at) = client.join().unwrap();
         assert!(
             got == want && differs_at.is_none(),
-            "connection {i}: {got} of {want} bytes, first difference at {differs_at:?}\nforwarder:\n{}",
-            forwarder.log()
+            "connection {i}: {got} of {want} bytes, first difference at {differs_at:?}\nforwarder:\n{}\nconsole:\n{}",
+            forwarder.log(),
+            vm.console_tail()
         );
     }
+
+    // A reset inside the VM reaches the host client as a reset, never as
+    // a clean end that would pass a cut-off reply for a whole one.
+    start_server(&vm, "web", &RESETTING_SERVER.replace("PORT", "8127"), 8127);
+    let resetting = forwarded_port(&vm, 8127, Duration::from_secs(10)).expect("8127 forwarded");
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{resetting}")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(b"hello").unwrap();
+    let ended = stream.read_to_end(&mut Vec::new());
+    assert_eq!(
+        ended.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{ended:?}"
+    );
+    let out = vm.pipe_through(&["proxy", "web", "8127"], b"hello");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("was reset"), "{err}");
 
     // `distroctl proxy`: stdin half-closed, the reply still arrives.
     let data = random_bytes(3 << 20, 7);

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorKind, Frame, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
 use crate::lifecycle::Distros;
 use crate::server::Connection;
@@ -57,29 +58,40 @@ pub async fn serve(mut conn: Connection, distro: Option<String>, port: u16, dist
         return;
     }
     let (mut tcp_read, mut tcp_write) = stream.into_split();
-    let (mut to_host, mut from_host) = conn.split();
+    let (to_host, mut from_host) = conn.split();
+    // Both directions may have to tell the host how the stream ended.
+    let to_host = Arc::new(Mutex::new(to_host));
 
-    let downstream = tokio::spawn(async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match tcp_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let data = Frame::Data(Bytes::copy_from_slice(&buf[..n]));
-                    if to_host.send(data).await.is_err() {
-                        return;
+    let downstream = tokio::spawn({
+        let to_host = Arc::clone(&to_host);
+        async move {
+            let mut buf = vec![0u8; CHUNK];
+            let end = loop {
+                match tcp_read.read(&mut buf).await {
+                    Ok(0) => break Frame::DataEnd,
+                    Err(e) => break reset_frame(port, &e),
+                    Ok(n) => {
+                        let data = Frame::Data(Bytes::copy_from_slice(&buf[..n]));
+                        if to_host.lock().await.send(data).await.is_err() {
+                            return;
+                        }
                     }
                 }
-            }
+            };
+            let _ = to_host.lock().await.send(end).await;
         }
-        let _ = to_host.send(Frame::DataEnd).await;
     });
     let mut half_closed = false;
     while let Some(frame) = from_host.next().await {
         match frame {
             Ok(Frame::Data(bytes)) => {
-                if tcp_write.write_all(&bytes).await.is_err() {
-                    break;
+                if let Err(e) = tcp_write.write_all(&bytes).await {
+                    // The server is gone mid-stream: whatever it still had
+                    // to say is lost, so the host hears of a reset, not an end.
+                    downstream.abort();
+                    let _ = downstream.await;
+                    let _ = to_host.lock().await.send(reset_frame(port, &e)).await;
+                    return;
                 }
             }
             Ok(Frame::DataEnd) => {
@@ -87,7 +99,10 @@ pub async fn serve(mut conn: Connection, distro: Option<String>, port: u16, dist
                 break;
             }
             Ok(other) => tracing::debug!(kind = ?other.kind(), "ignoring frame in relay"),
-            Err(_) => break,
+            Err(e) => {
+                tracing::debug!(port, error = %e, "relay: the host connection broke");
+                break;
+            }
         }
     }
     let _ = tcp_write.shutdown().await;
@@ -98,4 +113,12 @@ pub async fn serve(mut conn: Connection, distro: Option<String>, port: u16, dist
         // The host went away: nobody would read the rest.
         downstream.abort();
     }
+}
+
+/// The frame that ends a relay whose server connection failed (typically
+/// reset by the server): an error, so the host resets its side too.
+fn reset_frame(port: u16, error: &std::io::Error) -> Frame {
+    tracing::debug!(port, %error, "relay: the server connection failed");
+    let msg = format!("the connection to port {port} in the VM was reset ({error})");
+    Frame::Response(Response::error(ErrorKind::ConnectionReset, msg))
 }

@@ -311,6 +311,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Nothing accepts connections on the requested port.
     ConnectionRefused,
+    /// The server inside the VM reset a relayed connection: the stream
+    /// ended abnormally, so the host side must not see a clean end.
+    ConnectionReset,
     /// Anything else; the message says what.
     Internal,
 }

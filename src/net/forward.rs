@@ -275,15 +275,24 @@ async fn accept_loop(listener: TcpListener, agent: AgentAddr, guest_port: u16) {
         let _ = stream.set_nodelay(true);
         let agent = agent.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
             let result = match relay::open(&agent, None, guest_port).await {
                 Ok(conn) => {
-                    let (read, write) = stream.into_split();
+                    let (read, write) = stream.split();
                     relay::splice(conn, read, write, guest_port).await.map(drop)
                 }
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, guest_port, error = %crate::describe(&e, true), "forwarded connection ended");
+                let error = crate::describe(&e, true);
+                if e.is_from_server() {
+                    tracing::debug!(%peer, guest_port, %error, "forwarded connection ended abnormally");
+                } else {
+                    tracing::warn!(%peer, guest_port, %error, "forwarded connection failed");
+                }
+                // Closing with a reset, not an end of stream, so the client
+                // cannot take a cut-off reply for a complete one.
+                let _ = stream.set_zero_linger();
             }
         });
     }

@@ -47,6 +47,21 @@ pub enum RelayError {
     },
 }
 
+impl RelayError {
+    /// The server inside the VM refused or reset the connection: routine
+    /// for TCP, not a fault of the relay.
+    pub fn is_from_server(&self) -> bool {
+        match self {
+            RelayError::Refused { .. } => true,
+            RelayError::Agent {
+                source: ClientError::Agent(e),
+                ..
+            } => e.kind == ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
+}
+
 /// Asks the agent for a stream to `port` (in `distro`'s network, which is
 /// the VM's) and waits until it is connected.
 pub async fn open(
