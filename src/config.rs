@@ -89,6 +89,8 @@ pub struct Config {
     pub default_distro: Option<String>,
     /// Forward ports that distros listen on to the host's localhost.
     pub port_forwarding: bool,
+    /// Per-port exceptions (`[[port_forward]]` entries), first match wins.
+    pub port_forward: Vec<crate::net::port_rules::PortRule>,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(60)),
             default_distro: None,
             port_forwarding: true,
+            port_forward: Vec::new(),
         }
     }
 }

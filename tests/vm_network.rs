@@ -198,7 +198,15 @@ fn reverse_round_trip(addr: &str, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn vm_forwards_ports_and_proxies_streams() {
-    let vm = debian_vm("web");
+    let mapped_host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let vm = TestVm::new(&format!(
+        "[[port_forward]]\nguest_port = 8128\nignore = true\n\n\
+         [[port_forward]]\nguest_port = 8129\nhost_port = {mapped_host_port}\n"
+    ));
+    vm.ok(&["import", "web", debian_rootfs().to_str().unwrap()]);
     vm.sh(
         "web",
         "apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends python3 >/dev/null",
@@ -252,6 +260,22 @@ fn vm_forwards_ports_and_proxies_streams() {
         );
     }
     assert!(http_get(&format!("127.0.0.1:{moved}")).contains("200 OK"));
+
+    // `[[port_forward]]` rules: one port kept inside, one moved.
+    start_server(&vm, "web", "exec python3 -m http.server 8128", 8128);
+    start_server(&vm, "web", "exec python3 -m http.server 8129", 8129);
+    let mapped = forwarded_port(&vm, 8129, Duration::from_secs(10)).expect("8129 forwarded");
+    assert_eq!(mapped, mapped_host_port);
+    assert!(http_get(&format!("127.0.0.1:{mapped}")).contains("200 OK"));
+    let ports = text(&vm.ok(&["ports"]).stdout);
+    assert!(!ports.contains(" 8128 "), "{ports}");
+    let row = ports.lines().find(|l| l.contains(" 8129 ")).unwrap();
+    assert!(row.contains("(port_forward rule)"), "{ports}");
+    assert!(
+        forwarder.log().contains("guest port 8128 is not forwarded"),
+        "{}",
+        forwarder.log()
+    );
 
     // 20 concurrent forwarded connections, each with its own data.
     start_server(&vm, "web", &REVERSE_SERVER.replace("PORT", "8126"), 8126);

@@ -195,12 +195,13 @@ impl Manager {
     /// Starts localhost port forwarding for the running VM, unless the
     /// config turns it off.
     fn start_forwarding(&self) {
-        let enabled = Config::load(&Config::default_path()).map_or(true, |c| c.port_forwarding);
-        if !enabled {
+        let config = Config::load(&Config::default_path()).unwrap_or_default();
+        if !config.port_forwarding {
             return;
         }
         let options = crate::net::forward::ForwardOptions {
             state_file: Some(crate::net::state_file()),
+            rules: config.port_forward,
             ..Default::default()
         };
         let addr = control::agent_addr(&self.paths);

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::forward_table::{ForwardState, SharedForwardTable, TableAction};
+use super::port_rules::{self, PortAction, PortRule};
 use super::relay;
 use crate::agent_client::{self, AgentAddr, ClientError};
 
@@ -40,6 +41,8 @@ pub struct ForwardOptions {
     pub reconnect_delay: Duration,
     /// Where to publish the forwards for `distroctl ports`, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Ports kept off the host or moved to another host port.
+    pub rules: Vec<PortRule>,
 }
 
 impl Default for ForwardOptions {
@@ -51,6 +54,7 @@ impl Default for ForwardOptions {
             ],
             reconnect_delay: Duration::from_secs(1),
             state_file: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -141,7 +145,17 @@ impl Forwarder {
     }
 
     async fn open(&mut self, guest_port: u16) {
-        let bound = match bind(guest_port, &self.options.host_addresses).await {
+        let wanted = match port_rules::decide(&self.options.rules, guest_port) {
+            PortAction::Ignore => {
+                tracing::info!(
+                    guest_port,
+                    "guest port {guest_port} is not forwarded: a port_forward rule ignores it"
+                );
+                return;
+            }
+            PortAction::HostPort(port) => port,
+        };
+        let bound = match bind(wanted, &self.options.host_addresses).await {
             Ok(bound) => bound,
             Err(e) => {
                 tracing::warn!(guest_port, error = %e, "cannot listen on the host for guest port");
@@ -154,15 +168,21 @@ impl Forwarder {
             .table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .opened(guest_port, host_port, addresses);
+            .opened(guest_port, wanted, host_port, addresses);
         if forward.is_none() {
             return;
         }
-        if host_port != guest_port {
+        if host_port != wanted {
             tracing::warn!(
                 guest_port,
                 host_port,
-                "host port {guest_port} is taken; guest port {guest_port} is forwarded on localhost:{host_port}"
+                "host port {wanted} is taken; guest port {guest_port} is forwarded on localhost:{host_port}"
+            );
+        } else if host_port != guest_port {
+            tracing::info!(
+                guest_port,
+                host_port,
+                "forwarding localhost:{host_port} to guest port {guest_port}"
             );
         } else {
             tracing::info!(guest_port, "forwarding localhost:{guest_port}");
@@ -227,17 +247,14 @@ fn local_port(listener: &TcpListener) -> u16 {
     listener.local_addr().map_or(0, |a| a.port())
 }
 
-/// Listens on `guest_port` at the first address, or on a free port when
-/// that is taken (or privileged), then on the same port at the others
-/// where possible.
-async fn bind(
-    guest_port: u16,
-    addresses: &[IpAddr],
-) -> std::io::Result<Vec<(IpAddr, TcpListener)>> {
+/// Listens on `port` at the first address, or on a free port when that is
+/// taken (or privileged), then on the same port at the others where
+/// possible.
+async fn bind(port: u16, addresses: &[IpAddr]) -> std::io::Result<Vec<(IpAddr, TcpListener)>> {
     let Some((&first, rest)) = addresses.split_first() else {
         return Ok(Vec::new());
     };
-    let listener = match TcpListener::bind(SocketAddr::new(first, guest_port)).await {
+    let listener = match TcpListener::bind(SocketAddr::new(first, port)).await {
         Ok(l) => l,
         Err(e)
             if matches!(

@@ -19,17 +19,21 @@ pub struct Forward {
     pub guest_port: u16,
     /// The guest addresses listening on it (`0.0.0.0`, `::`, loopback).
     pub guest_addresses: BTreeSet<IpAddr>,
+    /// The host port asked for: `guest_port`, or a `port_forward` rule's
+    /// `host_port`.
+    #[serde(default)]
+    pub wanted_port: u16,
     /// The host port connections are accepted on; differs from
-    /// `guest_port` when that was taken on the host.
+    /// `wanted_port` when that was taken on the host.
     pub host_port: u16,
     /// The host addresses bound (127.0.0.1 and, where available, ::1).
     pub host_addresses: Vec<IpAddr>,
 }
 
 impl Forward {
-    /// True when the host port had to differ from the guest port.
+    /// True when the host port had to differ from the one asked for.
     pub fn moved(&self) -> bool {
-        self.host_port != self.guest_port
+        self.host_port != self.wanted_port
     }
 }
 
@@ -97,6 +101,7 @@ impl ForwardTable {
     pub fn opened(
         &mut self,
         guest_port: u16,
+        wanted_port: u16,
         host_port: u16,
         host_addresses: Vec<IpAddr>,
     ) -> Option<Forward> {
@@ -104,6 +109,7 @@ impl ForwardTable {
         let forward = Forward {
             guest_port,
             guest_addresses,
+            wanted_port,
             host_port,
             host_addresses,
         };
@@ -157,9 +163,11 @@ pub fn render(forwards: &[Forward]) -> String {
     for f in forwards {
         let guest: Vec<String> = f.guest_addresses.iter().map(|a| a.to_string()).collect();
         let note = if f.moved() {
-            "  (guest port taken on the host)"
+            format!("  (port {} taken on the host)", f.wanted_port)
+        } else if f.host_port != f.guest_port {
+            "  (port_forward rule)".to_owned()
         } else {
-            ""
+            String::new()
         };
         out.push_str(&format!(
             "{:<22} {:<10} {}{note}\n",
@@ -192,7 +200,7 @@ mod tests {
 
         assert_eq!(table.appeared(at("0.0.0.0", 80)), TableAction::Open(80));
         assert_eq!(table.appeared(at("::", 80)), TableAction::None);
-        let forward = table.opened(80, 80, localhost()).unwrap();
+        let forward = table.opened(80, 80, 80, localhost()).unwrap();
 
         assert_eq!(forward.guest_addresses.len(), 2);
         assert_eq!(table.disappeared(at("::", 80)), TableAction::None);
@@ -209,7 +217,7 @@ mod tests {
             table.disappeared(at("127.0.0.1", 5000)),
             TableAction::Close(5000)
         );
-        assert_eq!(table.opened(5000, 5000, localhost()), None);
+        assert_eq!(table.opened(5000, 5000, 5000, localhost()), None);
         assert!(table.snapshot().is_empty());
     }
 
@@ -217,7 +225,7 @@ mod tests {
     fn moved_port_is_listed_with_a_note() {
         let mut table = ForwardTable::default();
         table.appeared(at("0.0.0.0", 8080));
-        table.opened(8080, 41000, localhost());
+        table.opened(8080, 8080, 41000, localhost());
 
         let text = render(&table.snapshot());
 
@@ -227,10 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn port_moved_by_a_rule_is_listed_as_such_not_as_taken() {
+        let mut table = ForwardTable::default();
+        table.appeared(at("0.0.0.0", 8080));
+        table.opened(8080, 18080, 18080, localhost());
+
+        let text = render(&table.snapshot());
+
+        assert!(text.contains("localhost:18080"), "{text}");
+        assert!(text.contains("(port_forward rule)"), "{text}");
+        assert!(!text.contains("taken"), "{text}");
+    }
+
+    #[test]
     fn clear_returns_open_ports_and_empties_the_table() {
         let mut table = ForwardTable::default();
         table.appeared(at("0.0.0.0", 1));
-        table.opened(1, 1, localhost());
+        table.opened(1, 1, 1, localhost());
         table.appeared(at("0.0.0.0", 2));
 
         assert_eq!(table.clear(), [1]);

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod forward;
 pub mod forward_table;
+pub mod port_rules;
 pub mod relay;
 
 /// Where a foreground forwarder publishes its forwards for `distroctl ports`.
