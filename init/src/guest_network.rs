@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::rtnetlink::{Rtnetlink, RtnetlinkError};
+use netlink::route::Rtnetlink;
+use netlink::NetlinkError;
 
 /// Where interfaces show up.
 const NET_CLASS: &str = "/sys/class/net";
@@ -63,7 +64,7 @@ pub enum GuestNetworkError {
         name: String,
         /// Cause.
         #[source]
-        source: RtnetlinkError,
+        source: NetlinkError,
     },
     /// `/etc/resolv.conf` could not be written.
     #[error("could not write {RESOLV_CONF}")]

@@ -17,7 +17,6 @@ mod mounts;
 mod network;
 mod power;
 mod restart_policy;
-mod rtnetlink;
 mod supervisor;
 mod switch_root;
 
