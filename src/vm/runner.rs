@@ -289,7 +289,11 @@ mod tests {
         }
     }
 
-    fn args_of(cmd: &Command) -> Vec<String> {
+    /// The arguments `own_vmm_command` gives our VMM for a runtime
+    /// directory `/r`, with passt serving `net` or without passt.
+    fn own_vmm_args(net: Option<(&Path, &GuestNetwork)>) -> Vec<String> {
+        let paths = VmPaths::new("/r".into());
+        let cmd = own_vmm_command(Path::new("/bin/distroctl-vmm"), &runner_args(), &paths, net);
         cmd.get_args()
             .map(OsStr::to_string_lossy)
             .map(String::from)
@@ -304,17 +308,10 @@ mod tests {
 
     #[test]
     fn own_vmm_gets_passt_socket_mtu_and_the_addresses_for_init() {
-        let paths = VmPaths::new("/r".into());
         let network = GuestNetwork::default();
 
-        let cmd = own_vmm_command(
-            Path::new("/bin/distroctl-vmm"),
-            &runner_args(),
-            &paths,
-            Some((Path::new("/r/net.sock"), &network)),
-        );
+        let args = own_vmm_args(Some((Path::new("/r/net.sock"), &network)));
 
-        let args = args_of(&cmd);
         assert_eq!(value(&args, "--net-socket"), Some("/r/net.sock"));
         assert_eq!(value(&args, "--net-mtu"), Some("65520"));
         let cmdline = value(&args, "--cmdline").unwrap();
@@ -327,16 +324,8 @@ mod tests {
 
     #[test]
     fn own_vmm_without_passt_has_no_network_device_or_addresses() {
-        let paths = VmPaths::new("/r".into());
+        let args = own_vmm_args(None);
 
-        let cmd = own_vmm_command(
-            Path::new("/bin/distroctl-vmm"),
-            &runner_args(),
-            &paths,
-            None,
-        );
-
-        let args = args_of(&cmd);
         assert!(
             !args.iter().any(|a| a.starts_with("--net") || a == "--mac"),
             "{args:?}"
@@ -349,24 +338,12 @@ mod tests {
 
     #[test]
     fn own_vmm_gets_the_same_disk_vsock_and_console_as_qemu() {
-        let paths = VmPaths::new("/r".into());
+        let args = own_vmm_args(None);
 
-        let cmd = own_vmm_command(
-            Path::new("/bin/distroctl-vmm"),
-            &runner_args(),
-            &paths,
-            None,
-        );
-
-        let args = args_of(&cmd);
-        assert_eq!(cmd.get_program(), "/bin/distroctl-vmm");
         assert_eq!(value(&args, "--kernel"), Some("/k/vmlinuz"));
         assert_eq!(value(&args, "--initramfs"), Some("/k/initrd"));
         assert_eq!(value(&args, "--disk"), Some("/d/data.img"));
-        assert_eq!(
-            value(&args, "--vsock-uds").map(PathBuf::from),
-            Some(paths.vsock_socket())
-        );
+        assert_eq!(value(&args, "--vsock-uds"), Some("/r/vsock.sock"));
         assert_eq!(value(&args, "--cid"), Some("3"));
         assert_eq!(value(&args, "--memory-mib"), Some("1024"));
         assert_eq!(value(&args, "--cpus"), Some("2"));
