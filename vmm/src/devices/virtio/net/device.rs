@@ -21,8 +21,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::defs::{
     CONFIG_MAC_OFFSET, CONFIG_MAX_QUEUE_PAIRS_OFFSET, CONFIG_MTU_OFFSET, CONFIG_SPACE_SIZE,
-    CONFIG_STATUS_OFFSET, MAX_FRAME_LEN, NET_HDR_NUM_BUFFERS_OFFSET, NET_HDR_SIZE, NUM_QUEUES,
-    QUEUE_SIZE, VIRTIO_F_VERSION_1, VIRTIO_ID_NET, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
+    CONFIG_STATUS_OFFSET, ETH_HLEN, MAX_FRAME_LEN, NET_HDR_NUM_BUFFERS_OFFSET, NET_HDR_SIZE,
+    NUM_QUEUES, QUEUE_SIZE, VIRTIO_F_VERSION_1, VIRTIO_ID_NET, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use super::stream_backend::{BackendError, Received, StreamBackend};
@@ -64,13 +64,17 @@ enum ChainError {
     Copy(#[source] io::Error),
 }
 
+/// A receive chain smaller than a header and an Ethernet header can hold
+/// no frame at all: it is returned empty instead of making frames wait.
+const MIN_RX_CHAIN: usize = NET_HDR_SIZE + ETH_HLEN;
+
 /// Frame counters, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetStats {
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Frames from the backend dropped because the guest's chain was too
-    /// small (or unusable).
+    /// small for them.
     pub rx_dropped: u64,
     /// Frames the guest sent that went to the backend.
     pub tx_frames: u64,
@@ -235,22 +239,23 @@ impl NetDevice {
             return Ok(None);
         };
         let head = chain.head_index();
-        let result = write_frame(mem, chain, frame);
-        self.backend.consume_frame();
-        let len = match result {
+        let len = match write_frame(mem, chain, frame) {
             Ok(len) => {
                 self.stats.rx_frames += 1;
+                self.backend.consume_frame();
                 len
             }
-            Err(e @ ChainError::TooSmall { .. }) => {
+            Err(e @ ChainError::TooSmall { capacity, .. }) if capacity >= MIN_RX_CHAIN => {
                 self.stats.rx_dropped += 1;
                 tracing::debug!(error = %e, "net: dropped a frame for the guest");
+                self.backend.consume_frame();
                 // The chain is fine for a smaller frame.
                 rx.go_to_previous_position();
                 return Ok(Some(false));
             }
             Err(e) => {
-                self.stats.rx_dropped += 1;
+                // The guest's bug: give the chain back empty, keep the
+                // frame for the next one.
                 tracing::debug!(error = %e, "net: returned an unusable receive chain");
                 0
             }
@@ -559,6 +564,25 @@ mod tests {
         assert_eq!(used[0].2[NET_HDR_SIZE..], small[..]);
         assert_eq!(device.stats().rx_dropped, 1);
         assert_eq!(device.stats().rx_frames, 1);
+    }
+
+    #[test]
+    fn chain_too_small_for_any_frame_is_returned_empty_and_the_frame_waits() {
+        let mem = test_memory();
+        let mut guest = GuestNet::new(&mem);
+        let (mut device, mut peer) = activated_device(&guest, &mem);
+        let tiny = guest.offer_rx(&[16]);
+        let usable = guest.offer_rx(&[512]);
+        let sent = frame(100, 15);
+        peer_sends(&mut peer, &record(&sent));
+
+        device.process_rx().unwrap();
+
+        let used = guest.take_rx();
+        assert_eq!((used[0].0, used[0].1), (tiny, 0));
+        assert_eq!((used[1].0, used[1].1), (usable, 112));
+        assert_eq!(used[1].2[NET_HDR_SIZE..], sent[..]);
+        assert_eq!(device.stats().rx_dropped, 0);
     }
 
     #[test]

@@ -108,8 +108,10 @@ impl StreamBackend {
         self.watching
     }
 
-    /// Consumes the readiness of the epoll fd. Returns the socket's events
-    /// (empty when nothing is ready); a hang-up is remembered.
+    /// What the socket is ready for now, of what the backend watches
+    /// (empty when nothing); a hang-up is remembered. Readiness is
+    /// level-triggered: the receive and transmit work that follows is what
+    /// clears it.
     pub fn take_readiness(&mut self) -> EventSet {
         let mut events = [EpollEvent::default(); 1];
         let ready = match self.epoll.wait(0, &mut events) {
