@@ -1,6 +1,7 @@
 //! Guest networking without root on the host: `passt` translates the
 //! guest's Ethernet frames to ordinary host sockets. The runner starts it
-//! beside QEMU, which connects to its Unix socket with `-netdev stream`.
+//! beside the VM monitor, which connects to its Unix socket: QEMU with
+//! `-netdev stream`, our VMM's virtio-net device with the same framing.
 //!
 //! The guest's addresses are chosen here and handed to both sides: to
 //! passt as `--address/--gateway/--mtu/--dns-forward`, and to
@@ -158,9 +159,9 @@ pub fn find_binary() -> Option<PathBuf> {
 ///
 /// passt forks once into its own PID namespace and its first process exits,
 /// so the serving process is found through `--pid`. It also exits by
-/// itself (`--one-off`) when QEMU's connection closes, which is how it dies
-/// with the runner: the runner's death kills QEMU (parent-death signal),
-/// and QEMU's end ends passt.
+/// itself (`--one-off`) when the monitor's connection closes, which is how
+/// it dies with the runner: the runner's death kills the monitor
+/// (parent-death signal), and the monitor's end ends passt.
 #[derive(Debug)]
 pub struct Passt {
     pid: Option<Pid>,
@@ -170,7 +171,7 @@ pub struct Passt {
 
 impl Passt {
     /// Starts `binary` serving `network` on `socket` and waits until the
-    /// socket exists, so QEMU can connect at once.
+    /// socket exists, so the monitor can connect at once.
     pub fn start(
         binary: &Path,
         network: &GuestNetwork,
@@ -235,7 +236,7 @@ impl Passt {
         Ok(passt)
     }
 
-    /// The socket QEMU connects to.
+    /// The socket the monitor connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -249,7 +250,7 @@ fn read_pid(path: &Path) -> Option<Pid> {
 impl Drop for Passt {
     fn drop(&mut self) {
         if let Some(pid) = self.pid {
-            // It may be gone already (one-off exit after QEMU).
+            // It may be gone already (one-off exit after the monitor).
             let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
         }
         let _ = std::fs::remove_file(&self.socket);

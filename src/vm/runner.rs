@@ -1,19 +1,20 @@
 //! `distroctl vm-run`: the detached process that owns one running utility
 //! VM. It holds the VM lock and runs the VM monitor — our own VMM
-//! (`distroctl-vmm`, with its vsock device in-process) or QEMU (with our
-//! vsock device served over vhost-user, and passt for the network) — and
-//! cleans up when the monitor ends (guest power-off, crash or kill). Being a
-//! separate process, a crash of the manager never takes the VM down, and
-//! killing the runner takes the monitor with it.
+//! (`distroctl-vmm`, with its vsock and network devices in-process) or QEMU
+//! (with our vsock device served over vhost-user) — with passt beside it for
+//! the network, and cleans up when the monitor ends (guest power-off, crash
+//! or kill). Being a separate process, a crash of the manager never takes
+//! the VM down, and killing the runner takes the monitor with it.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 use thiserror::Error;
 
+use super::passt::GuestNetwork;
 use super::qemu::{QemuSpec, GUEST_CID};
 use super::state::{try_lock, VmPaths, VmState};
 
@@ -110,8 +111,13 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     }
     let _ = signals.thread_block();
 
-    let (mut cmd, helpers) = match (&args.vmm, &args.qemu) {
-        (Some(vmm), _) => (own_vmm_command(vmm, &args, &paths), None),
+    // Both monitors get the network from passt; without it the VM runs
+    // without one. The guard lives until the monitor is reaped.
+    let network = GuestNetwork::default();
+    let passt = super::passt::start_in(&paths.dir, &network);
+    let net = passt.as_ref().map(|p| (p.socket(), &network));
+    let (mut cmd, vsock_backend) = match (&args.vmm, &args.qemu) {
+        (Some(vmm), _) => (own_vmm_command(vmm, &args, &paths, net), None),
         (None, Some(qemu)) => {
             let backend = vmm::vhost_user::spawn_vhost_user_vsock(
                 &paths.vhost_socket(),
@@ -119,8 +125,6 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
                 GUEST_CID,
             )
             .map_err(RunnerError::Vsock)?;
-            let network = super::passt::GuestNetwork::default();
-            let passt = super::passt::start_in(&paths.dir, &network);
             let spec = QemuSpec {
                 binary: qemu.clone(),
                 kvm: args.kvm,
@@ -132,11 +136,11 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
                 vhost_socket: paths.vhost_socket(),
                 console_log: args.console_log.clone(),
                 tsc_khz: super::accel::tsc_khz(),
-                network: passt.as_ref().map(|p| (p.socket().to_owned(), network)),
+                network: net.map(|(socket, network)| (socket.to_owned(), *network)),
             };
             let mut cmd = Command::new(&spec.binary);
             cmd.args(spec.args());
-            (cmd, Some((backend, passt)))
+            (cmd, Some(backend))
         }
         (None, None) => unreachable!("clap requires --qemu or --vmm"),
     };
@@ -197,21 +201,34 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         }
     };
     tracing::info!(code, "VM monitor exited");
-    drop(helpers);
+    drop(vsock_backend);
+    drop(passt);
     paths.remove_runtime_files();
     Ok(code)
 }
 
 /// The `distroctl-vmm` command line for this VM: the same kernel,
-/// initramfs, command line, data disk and vsock socket as under QEMU.
-fn own_vmm_command(vmm: &std::path::Path, args: &RunnerArgs, paths: &VmPaths) -> Command {
+/// initramfs, command line, data disk, vsock socket and network (passt's
+/// socket `net`, the addresses on the kernel command line for init) as
+/// under QEMU.
+fn own_vmm_command(
+    vmm: &Path,
+    args: &RunnerArgs,
+    paths: &VmPaths,
+    net: Option<(&Path, &GuestNetwork)>,
+) -> Command {
+    let mut cmdline = super::qemu::KERNEL_CMDLINE.to_owned();
+    if let Some((_, network)) = net {
+        cmdline.push(' ');
+        cmdline.push_str(&network.kernel_args());
+    }
     let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(&args.kernel)
         .arg("--initramfs")
         .arg(&args.initrd)
         .arg("--cmdline")
-        .arg(super::qemu::KERNEL_CMDLINE)
+        .arg(cmdline)
         .arg("--disk")
         .arg(&args.disk)
         .arg("--vsock-uds")
@@ -224,6 +241,12 @@ fn own_vmm_command(vmm: &std::path::Path, args: &RunnerArgs, paths: &VmPaths) ->
         .arg(args.cpus.min(u8::MAX.into()).to_string())
         .arg("--console")
         .arg(&args.console_log);
+    if let Some((socket, network)) = net {
+        cmd.arg("--net-socket")
+            .arg(socket)
+            .arg("--net-mtu")
+            .arg(network.mtu.min(u16::MAX.into()).to_string());
+    }
     cmd
 }
 
@@ -240,5 +263,90 @@ fn wait_signal(signals: &SigSet, timeout: Duration) -> Option<Signal> {
         Signal::try_from(n).ok()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    fn runner_args() -> RunnerArgs {
+        RunnerArgs {
+            qemu: None,
+            vmm: Some("/bin/distroctl-vmm".into()),
+            kvm: true,
+            reason: "test".into(),
+            memory_mib: 1024,
+            cpus: 2,
+            kernel: "/k/vmlinuz".into(),
+            kernel_version: "6.1".into(),
+            initrd: "/k/initrd".into(),
+            disk: "/d/data.img".into(),
+            console_log: "/d/console.log".into(),
+            runtime_dir: "/r".into(),
+        }
+    }
+
+    /// The arguments `own_vmm_command` gives our VMM for a runtime
+    /// directory `/r`, with passt serving `net` or without passt.
+    fn own_vmm_args(net: Option<(&Path, &GuestNetwork)>) -> Vec<String> {
+        let paths = VmPaths::new("/r".into());
+        let cmd = own_vmm_command(Path::new("/bin/distroctl-vmm"), &runner_args(), &paths, net);
+        cmd.get_args()
+            .map(OsStr::to_string_lossy)
+            .map(String::from)
+            .collect()
+    }
+
+    /// The value after `flag`.
+    fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn own_vmm_gets_passt_socket_mtu_and_the_addresses_for_init() {
+        let network = GuestNetwork::default();
+
+        let args = own_vmm_args(Some((Path::new("/r/net.sock"), &network)));
+
+        assert_eq!(value(&args, "--net-socket"), Some("/r/net.sock"));
+        assert_eq!(value(&args, "--net-mtu"), Some("65520"));
+        let cmdline = value(&args, "--cmdline").unwrap();
+        assert!(
+            cmdline.starts_with(super::super::qemu::KERNEL_CMDLINE),
+            "{cmdline}"
+        );
+        assert!(cmdline.ends_with(&network.kernel_args()), "{cmdline}");
+    }
+
+    #[test]
+    fn own_vmm_without_passt_has_no_network_device_or_addresses() {
+        let args = own_vmm_args(None);
+
+        assert!(
+            !args.iter().any(|a| a.starts_with("--net") || a == "--mac"),
+            "{args:?}"
+        );
+        assert_eq!(
+            value(&args, "--cmdline"),
+            Some(super::super::qemu::KERNEL_CMDLINE)
+        );
+    }
+
+    #[test]
+    fn own_vmm_gets_the_same_disk_vsock_and_console_as_qemu() {
+        let args = own_vmm_args(None);
+
+        assert_eq!(value(&args, "--kernel"), Some("/k/vmlinuz"));
+        assert_eq!(value(&args, "--initramfs"), Some("/k/initrd"));
+        assert_eq!(value(&args, "--disk"), Some("/d/data.img"));
+        assert_eq!(value(&args, "--vsock-uds"), Some("/r/vsock.sock"));
+        assert_eq!(value(&args, "--cid"), Some("3"));
+        assert_eq!(value(&args, "--memory-mib"), Some("1024"));
+        assert_eq!(value(&args, "--cpus"), Some("2"));
+        assert_eq!(value(&args, "--console"), Some("/d/console.log"));
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::boot::BootSource;
+use crate::devices::virtio::net::defs::{DEFAULT_MAC, DEFAULT_MTU, MIN_MTU};
 
 /// Most vCPUs: APIC IDs are one byte in CPUID leaf 1 and the MADT, and 255
 /// is the broadcast ID.
@@ -22,6 +23,48 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The virtio-net device: the Unix socket of its backend (passt, serving
+/// QEMU's `-netdev stream` framing), the guest's MAC address and MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The socket passt listens on (`passt --socket PATH`).
+    pub socket: PathBuf,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The largest MTU the guest may use (and uses by default).
+    pub mtu: u16,
+}
+
+impl NetConfig {
+    /// A device on `socket` with the default MAC and MTU.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            mac: DEFAULT_MAC,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+/// Parses a MAC address written as six two-digit hex bytes separated by
+/// colons (`52:54:00:12:34:56`).
+pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let invalid = || ConfigError::MacSyntax(text.to_owned());
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(invalid)?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+    }
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok(mac)
+}
+
 /// A whole VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -37,6 +80,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device, seeding the guest's CRNG from the host.
     pub rng: bool,
+    /// The network device; no network when `None`.
+    pub net: Option<NetConfig>,
     /// File the serial console is appended to; standard output when `None`.
     pub console: Option<PathBuf>,
 }
@@ -53,6 +98,20 @@ pub enum ConfigError {
     /// A vsock CID the guest may not have (0–2 are reserved).
     #[error("vsock CID must be 3 or more, not {0}")]
     Cid(u64),
+    /// A MAC address that is not six colon-separated hex bytes.
+    #[error("MAC address {0:?} is not six hex bytes like 52:54:00:12:34:56")]
+    MacSyntax(String),
+    /// A multicast MAC address (bit 0 of the first byte set).
+    #[error("MAC address {} is a multicast address; a NIC needs a unicast one", format_mac(.0))]
+    MacMulticast([u8; 6]),
+    /// An MTU below what IPv4 needs.
+    #[error("network MTU must be at least {MIN_MTU}, not {0}")]
+    Mtu(u16),
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 impl VmConfig {
@@ -67,6 +126,14 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             if vsock.cid < 3 {
                 return Err(ConfigError::Cid(vsock.cid));
+            }
+        }
+        if let Some(net) = &self.net {
+            if net.mac[0] & 1 != 0 {
+                return Err(ConfigError::MacMulticast(net.mac));
+            }
+            if net.mtu < MIN_MTU {
+                return Err(ConfigError::Mtu(net.mtu));
             }
         }
         Ok(())
@@ -92,6 +159,7 @@ mod tests {
                 uds_path: "/run/v.sock".into(),
             }),
             rng: true,
+            net: Some(NetConfig::new("/run/net.sock")),
             console: None,
         }
     }
@@ -114,5 +182,51 @@ mod tests {
         let mut c = config();
         c.vsock.as_mut().unwrap().cid = 2;
         assert_eq!(c.validate(), Err(ConfigError::Cid(2)));
+
+        let mut c = config();
+        c.net.as_mut().unwrap().mtu = 67;
+        assert_eq!(c.validate(), Err(ConfigError::Mtu(67)));
+    }
+
+    #[test]
+    fn multicast_mac_is_refused_with_the_address() {
+        let mut c = config();
+        c.net.as_mut().unwrap().mac = [0x01, 0, 0x5e, 0, 0, 1];
+
+        let error = c.validate().unwrap_err();
+
+        assert_eq!(error, ConfigError::MacMulticast([0x01, 0, 0x5e, 0, 0, 1]));
+        assert!(error.to_string().contains("01:00:5e:00:00:01"), "{error}");
+    }
+
+    #[test]
+    fn mac_is_parsed_from_colon_separated_hex() {
+        assert_eq!(
+            parse_mac("02:AB:cd:00:10:ff"),
+            Ok([0x02, 0xab, 0xcd, 0x00, 0x10, 0xff])
+        );
+        assert_eq!(
+            format_mac(&[0x02, 0xab, 0xcd, 0, 0x10, 0xff]),
+            "02:ab:cd:00:10:ff"
+        );
+    }
+
+    #[test]
+    fn malformed_macs_are_refused() {
+        for text in [
+            "",
+            "02:ab:cd:00:10",
+            "02:ab:cd:00:10:ff:00",
+            "2:ab:cd:00:10:ff",
+            "02-ab-cd-00-10-ff",
+            "02:ab:cd:00:10:fg",
+            "+2:ab:cd:00:10:ff",
+        ] {
+            assert_eq!(
+                parse_mac(text),
+                Err(ConfigError::MacSyntax(text.to_owned())),
+                "{text:?}"
+            );
+        }
     }
 }

@@ -21,6 +21,10 @@
 //! - `--console PATH`: append the serial console here (default: stdout).
 //! - `--no-rng`: leave out the virtio-rng device (present by default, so
 //!   the guest's CRNG is seeded at once).
+//! - `--net-socket PATH`: a virtio-net device whose frames go to passt
+//!   serving `PATH` (`passt --socket PATH`; QEMU's stream framing); the VMM
+//!   connects at start. `--mac xx:xx:xx:xx:xx:xx` (default
+//!   `52:54:00:12:34:56`) and `--net-mtu N` (default 65520) go with it.
 //!
 //! Exit status: 0 when the guest powered off or reset (a reset ends the
 //! VMM, like QEMU's `-no-reboot`; stderr says which), or when stopped by
@@ -36,7 +40,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use vmm::boot::BootSource;
-use vmm::config::{VmConfig, VsockConfig};
+use vmm::config::{parse_mac, NetConfig, VmConfig, VsockConfig};
 use vmm::vm::Vm;
 use vmm::vm_exit::ExitReason;
 
@@ -81,6 +85,15 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Unix socket of the network backend (passt) for a virtio-net device.
+    #[arg(long)]
+    net_socket: Option<PathBuf>,
+    /// The guest's MAC address.
+    #[arg(long, requires = "net_socket", value_parser = parse_mac_arg)]
+    mac: Option<[u8; 6]>,
+    /// The guest's (largest) MTU.
+    #[arg(long, requires = "net_socket")]
+    net_mtu: Option<u16>,
     /// Print the full cause chain on errors.
     #[arg(short, long)]
     verbose: bool,
@@ -110,9 +123,20 @@ impl Args {
                 uds_path,
             }),
             rng: !self.no_rng,
+            net: self.net_socket.map(|socket| {
+                let mut net = NetConfig::new(socket);
+                net.mac = self.mac.unwrap_or(net.mac);
+                net.mtu = self.net_mtu.unwrap_or(net.mtu);
+                net
+            }),
             console: self.console,
         }
     }
+}
+
+/// `--mac`'s parser; clap prints the error as the one line.
+fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
+    parse_mac(text).map_err(|e| e.to_string())
 }
 
 /// Blocks SIGTERM and SIGINT in every thread (they inherit the mask) and

@@ -7,6 +7,7 @@
 
 mod probe_guest;
 
+use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use probe_guest::virtio_driver::{
@@ -14,7 +15,7 @@ use probe_guest::virtio_driver::{
 };
 use probe_guest::{bzimage, kvm_unavailable, probe_config, write_file, Probe, Report};
 use vmm::arch::layout::VIRTIO_MMIO_START;
-use vmm::config::VsockConfig;
+use vmm::config::{NetConfig, VsockConfig};
 use vmm::vm::Vm;
 use vmm::vm_exit::ExitReason;
 
@@ -171,25 +172,30 @@ fn dsdt_from_guest_memory(mem: &vm_memory::GuestMemoryMmap, rsdp: u64) -> Vec<u8
     bytes
 }
 
-/// Reports magic and device ID of the first four virtio-mmio windows.
+/// Reports magic and device ID of the first five virtio-mmio windows, then
+/// the first 8 configuration bytes of the fourth (the network device's MAC
+/// and link status).
 fn window_probe() -> Vec<u8> {
     use iced_x86::code_asm::*;
 
     let mut p = Probe::new();
     p.emit_literal(MARKER);
-    for window in 0..4u64 {
+    for window in 0..5u64 {
         p.asm.mov(rbx, VIRTIO_MMIO_START + window * 0x1000).unwrap();
         p.asm.mov(eax, dword_ptr(rbx)).unwrap();
         p.emit_rax();
         p.asm.mov(eax, dword_ptr(rbx + 8)).unwrap();
         p.emit_rax();
     }
+    p.asm.mov(rbx, VIRTIO_MMIO_START + 3 * 0x1000).unwrap();
+    p.asm.mov(rax, qword_ptr(rbx + 0x100)).unwrap();
+    p.emit_rax();
     p.emit_literal(b"END");
     p.finish()
 }
 
 #[test]
-fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
+fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng_net() {
     if let Some(reason) = kvm_unavailable() {
         eprintln!("skipping: {reason}");
         return;
@@ -203,6 +209,10 @@ fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
         uds_path: dir.path().join("vsock.sock"),
     });
     config.rng = true;
+    // Stands in for passt: the VMM connects at start, the backlog accepts.
+    let net_socket = dir.path().join("net.sock");
+    let _backend = UnixListener::bind(&net_socket).unwrap();
+    config.net = Some(NetConfig::new(&net_socket));
 
     let vm = Vm::new(config).unwrap();
     let mem = vm.memory().clone();
@@ -212,7 +222,8 @@ fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
     assert_eq!(reason, ExitReason::PowerOff);
     let console = std::fs::read(dir.path().join("console.log")).unwrap();
     let mut report = Report::find(&console, MARKER);
-    let windows: Vec<(u64, u64)> = (0..4).map(|_| (report.u64(), report.u64())).collect();
+    let windows: Vec<(u64, u64)> = (0..5).map(|_| (report.u64(), report.u64())).collect();
+    let net_config = report.u64().to_le_bytes();
     let magic = 0x7472_6976;
     assert_eq!(
         windows,
@@ -220,9 +231,15 @@ fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
             (magic, 2),
             (magic, 19),
             (magic, 4),
+            (magic, 1),
             (0xffff_ffff, 0xffff_ffff)
         ],
-        "block, vsock, rng, then nothing"
+        "block, vsock, rng, net, then nothing"
+    );
+    assert_eq!(
+        net_config,
+        [0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 1, 0],
+        "default MAC, link up"
     );
     let dsdt = dsdt_from_guest_memory(&mem, rsdp);
     let described: Vec<u32> = dsdt
@@ -231,7 +248,7 @@ fn probe_virtio_windows_match_the_dsdt_disk_vsock_rng() {
         .filter(|(_, w)| *w == [0x86, 9, 0, 1]) // Memory32Fixed, read-write
         .map(|(at, _)| u32::from_le_bytes(dsdt[at + 4..at + 8].try_into().unwrap()))
         .collect();
-    let expected: Vec<u32> = (0..3)
+    let expected: Vec<u32> = (0..4)
         .map(|i| (VIRTIO_MMIO_START + i * 0x1000) as u32)
         .collect();
     assert_eq!(

@@ -120,3 +120,55 @@ fn runner_needs_a_kernel_or_firmware() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--kernel"), "{}", stderr(&out));
 }
+
+#[test]
+fn probe_runner_names_a_missing_net_socket_and_passt_in_one_line() {
+    if let Some(reason) = kvm_unavailable() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(
+        dir.path(),
+        "probe.bzImage",
+        &bzimage(&Probe::new().finish()),
+    );
+    let socket = dir.path().join("net.sock");
+
+    let out = vmm()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory-mib", "128", "--net-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(err.contains("passt"), "{err}");
+}
+
+#[test]
+fn runner_refuses_a_malformed_mac_in_one_line() {
+    let out = vmm()
+        .args([
+            "--kernel",
+            "/k",
+            "--net-socket",
+            "/n.sock",
+            "--mac",
+            "52:54:00:12:34",
+        ])
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.lines().next().unwrap().contains("52:54:00:12:34"),
+        "{err}"
+    );
+    assert!(err.contains("six hex bytes"), "{err}");
+}

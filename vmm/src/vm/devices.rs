@@ -32,6 +32,7 @@ use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use crate::devices::virtio::net::{NetDevice, NetError};
 use crate::devices::virtio::rng::RngDevice;
 use crate::devices::virtio::vsock::{DeviceError as VsockError, VsockDevice};
 use crate::devices::virtio::EventDrivenDevice;
@@ -65,6 +66,9 @@ pub enum DeviceSetupError {
     /// Creating the vsock device.
     #[error("cannot create the vsock device")]
     Vsock(#[source] VsockError),
+    /// Creating the network device.
+    #[error("cannot create the virtio-net device")]
+    Net(#[source] NetError),
     /// Creating a virtio-mmio transport.
     #[error("cannot create the virtio-mmio transport")]
     Transport(#[source] MmioError),
@@ -197,8 +201,8 @@ fn console_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, DeviceSetu
 }
 
 /// Creates every device `config` asks for. Virtio windows are handed out in
-/// a fixed order — data disk, vsock, rng — and the data disk comes first so
-/// it is `/dev/vda` (virtio-mmio devices probe in DSDT order).
+/// a fixed order — data disk, vsock, rng, network — and the data disk comes
+/// first so it is `/dev/vda` (virtio-mmio devices probe in DSDT order).
 pub fn create_devices(
     vm: &Arc<VmFd>,
     irqchip: bool,
@@ -256,6 +260,10 @@ pub fn create_devices(
     }
     if config.rng {
         builder.add_virtio(RngDevice::new())?;
+    }
+    if let Some(net) = &config.net {
+        let device = NetDevice::new(net).map_err(DeviceSetupError::Net)?;
+        builder.add_virtio(device)?;
     }
     Ok(builder.devices)
 }

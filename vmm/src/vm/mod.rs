@@ -18,6 +18,7 @@
 //!     disk: Some("data.img".into()),
 //!     vsock: None,
 //!     rng: true,
+//!     net: None,
 //!     console: Some("console.log".into()),
 //! };
 //! let reason = Vm::new(config)?.run()?;

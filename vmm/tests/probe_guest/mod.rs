@@ -83,6 +83,7 @@ pub fn probe_config(
         disk: None,
         vsock: None,
         rng: false,
+        net: None,
         console: Some(dir.join("console.log")),
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
@@ -77,6 +78,14 @@ pub trait EventDrivenDevice: VirtioDevice {
     fn process_host_fd(&mut self, fd: RawFd) -> Result<bool, Self::Error> {
         let _ = fd;
         Ok(false)
+    }
+
+    /// Whether the configuration space changed by the device's own doing
+    /// (a network link went down) since the last call. The event handler
+    /// asks after each piece of work and, if so, bumps `ConfigGeneration`
+    /// and raises the configuration-change interrupt.
+    fn take_config_change(&mut self) -> bool {
+        false
     }
 
     /// Whether the device holds activated queues.

@@ -73,7 +73,13 @@ impl<D: EventDrivenDevice> VirtioEventHandler<D> {
             }
             Wakeup::Host(fd) => device.process_host_fd(fd),
         };
+        let config_changed = device.take_config_change();
         drop(device);
+        if config_changed {
+            if let Err(e) = self.interrupt.config_changed() {
+                tracing::error!(error = %e, "virtio: cannot tell the guest its configuration changed");
+            }
+        }
         match result {
             Ok(true) => {
                 if let Err(e) = self.interrupt.trigger(InterruptReason::UsedRing) {

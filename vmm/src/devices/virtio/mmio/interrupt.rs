@@ -56,6 +56,10 @@ impl InterruptReason {
 pub struct InterruptLine {
     status: AtomicU32,
     event: EventFd,
+    /// `ConfigGeneration`: here rather than in the transport because the
+    /// event-loop side changes it too (a device's own configuration
+    /// change) and must bump it before interrupting.
+    config_generation: AtomicU32,
 }
 
 impl InterruptLine {
@@ -64,7 +68,20 @@ impl InterruptLine {
         Ok(Self {
             status: AtomicU32::new(0),
             event: EventFd::new(EFD_NONBLOCK).map_err(InterruptError::Create)?,
+            config_generation: AtomicU32::new(0),
         })
+    }
+
+    /// The configuration space changed: bumps `ConfigGeneration`, then
+    /// raises the configuration-change interrupt.
+    pub fn config_changed(&self) -> Result<(), InterruptError> {
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        self.trigger(InterruptReason::ConfigChange)
+    }
+
+    /// The `ConfigGeneration` register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::Acquire)
     }
 
     /// Raises `reason`'s status bit and fires the eventfd.
@@ -114,6 +131,18 @@ mod tests {
         assert_eq!(line.status(), INT_USED_RING);
         assert_eq!(line.event().read().unwrap(), 1);
         assert!(line.is_asserted());
+    }
+
+    #[test]
+    fn config_change_bumps_the_generation_before_interrupting() {
+        let line = InterruptLine::new().unwrap();
+
+        line.config_changed().unwrap();
+        line.config_changed().unwrap();
+
+        assert_eq!(line.config_generation(), 2);
+        assert_eq!(line.status(), INT_CONFIG_CHANGE);
+        assert_eq!(line.event().read().unwrap(), 2);
     }
 
     #[test]

@@ -51,7 +51,6 @@ pub struct MmioTransport<D> {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    config_generation: u32,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -90,7 +89,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            config_generation: 0,
         })
     }
 
@@ -124,8 +122,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// For the owner after the device's configuration space changed (a disk
     /// resized): bumps `ConfigGeneration` and interrupts the driver.
     pub fn notify_config_change(&mut self) -> Result<(), InterruptError> {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        self.interrupt.trigger(InterruptReason::ConfigChange)
+        self.interrupt.config_changed()
     }
 
     /// An MMIO read of `data.len()` bytes at `offset` within the window.
@@ -170,7 +167,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             REG_STATUS => self.status,
             // No shared memory regions: every region reads as length -1.
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
                 tracing::debug!(
                     offset,
