@@ -259,6 +259,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             memory_max,
             cpu_max,
             pids_max,
+            network,
         } => {
             let distros = session.distros().await?;
             let Some(current) = distros.iter().find(|d| d.name == name) else {
@@ -286,6 +287,9 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             }
             if let Some(pids) = pids_max {
                 settings.limits.pids = Some(pids).filter(|p| *p > 0);
+            }
+            if let Some(network) = network {
+                settings.network = network;
             }
             session
                 .request(Request::Configure {

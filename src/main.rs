@@ -129,6 +129,10 @@ enum Command {
         /// Process limit (0 removes the limit).
         #[arg(long, value_name = "N")]
         pids_max: Option<u32>,
+        /// `shared` (the VM's network, like every distro by default) or
+        /// `isolated` (a network namespace and address of its own).
+        #[arg(long, value_name = "MODE", value_parser = parse_network_mode)]
+        network: Option<protocol::NetworkMode>,
     },
     /// Run a command in a distro (starting it if needed).
     #[command(alias = "run")]
@@ -218,6 +222,16 @@ struct ExecOpts {
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+}
+
+fn parse_network_mode(s: &str) -> Result<protocol::NetworkMode, String> {
+    match s {
+        "shared" => Ok(protocol::NetworkMode::Shared),
+        "isolated" => Ok(protocol::NetworkMode::Isolated),
+        _ => Err(format!(
+            "unknown network mode {s:?}: use shared or isolated"
+        )),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

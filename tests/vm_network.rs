@@ -36,7 +36,7 @@ fn vm_resolves_names_and_runs_apt_get_update() {
     let resolved = vm.sh("net", &format!("getent hosts {host}"));
     assert!(resolved.contains(host), "{resolved}");
 
-    let out = vm.run(&["exec", "net", "--", "apt-get", "update"]);
+    let out = vm.run(&["exec", "net", "--", "apt-get", "update", "--error-on=any"]);
     assert!(
         out.status.success(),
         "apt-get update failed: {}{}\n{}",
@@ -501,4 +501,73 @@ fn distroctl_ssh_port(vm: &TestVm) -> u16 {
         .find(|l| l.contains("ProxyCommand"))
         .unwrap_or_else(|| panic!("{config}"));
     line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// Answers every connection with one line, then closes it.
+const HELLO_SERVER: &str = "exec perl -MIO::Socket::INET -e '
+my $s = IO::Socket::INET->new(LocalAddr => \"ADDRESS:PORT\", Listen => 16, ReuseAddr => 1) or die \"$!\";
+while (my $c = $s->accept) { print $c \"hello from NAME\\n\"; close $c }'";
+
+#[test]
+fn vm_isolated_distro_has_its_own_network_and_reaches_out_through_the_vm() {
+    let vm = debian_vm("iso");
+    vm.ok(&["import", "lan", debian_rootfs().to_str().unwrap()]);
+    let bad = vm.run(&["configure", "iso", "--network", "private"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("use shared or isolated"));
+    vm.ok(&["configure", "iso", "--network", "isolated"]);
+    vm.ok(&["terminate", "iso"]);
+
+    // Its own address on its own link; the VM's address is not its.
+    let addresses = vm.sh("iso", "cat /proc/net/fib_trie");
+    assert!(addresses.contains("172.31.1.2"), "{addresses}");
+    assert!(!addresses.contains("10.0.2.15"), "{addresses}");
+    let routes = vm.sh("iso", "cat /proc/net/route");
+    assert!(
+        routes.lines().any(|l| l.starts_with("eth0\t00000000")),
+        "{routes}"
+    );
+
+    // Names resolve and apt works, translated to the VM's address.
+    let host = vm.sh("iso", APT_HOST);
+    let host = host.trim();
+    let resolved = vm.sh("iso", &format!("getent hosts {host}"));
+    assert!(resolved.contains(host), "{resolved}");
+    let out = vm.run(&["exec", "iso", "--", "apt-get", "update", "--error-on=any"]);
+    assert!(
+        out.status.success(),
+        "apt-get update in the isolated distro failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // Its loopback is its own: a server there is not forwarded to the
+    // host and not seen by a shared distro, but `distroctl proxy` (what
+    // ssh-config uses) reaches it.
+    let server = HELLO_SERVER
+        .replace("ADDRESS", "127.0.0.1")
+        .replace("PORT", "8140")
+        .replace("NAME", "iso");
+    start_server(&vm, "iso", &server, 8140);
+    std::thread::sleep(Duration::from_secs(2));
+    let ports = text(&vm.run(&["ports"]).stdout);
+    assert!(!ports.contains(" 8140 "), "{ports}");
+    let out = vm.pipe_through(&["proxy", "iso", "8140"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from iso\n");
+    let out = vm.run(&["proxy", "lan", "8140"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("nothing listens on port 8140"));
+
+    // A shared distro's server on all addresses is at the gateway.
+    let server = HELLO_SERVER
+        .replace("ADDRESS", "0.0.0.0")
+        .replace("PORT", "8141")
+        .replace("NAME", "lan");
+    start_server(&vm, "lan", &server, 8141);
+    let reply = vm.sh(
+        "iso",
+        "perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(PeerAddr => q{172.31.1.1:8141})->getline'",
+    );
+    assert_eq!(reply, "hello from lan\n");
 }

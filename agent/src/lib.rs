@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod distro_init;
 pub mod exec;
+pub mod isolated_net;
 pub mod lifecycle;
 pub mod namespaces;
 pub mod port_watch;

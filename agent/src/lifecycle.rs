@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protocol::{DistroInfo, DistroState, ErrorKind, Response};
+use protocol::{DistroInfo, DistroState, ErrorKind, NetworkMode, Response};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
@@ -17,6 +17,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::cgroup::{Cgroups, DistroCgroup};
 use crate::distro_init::READY_LINE;
+use crate::isolated_net::IsolatedNetworks;
 use crate::namespaces::spawn_as_pid1;
 use crate::store::{disk_usage, Store, StoreError};
 
@@ -87,6 +88,8 @@ pub struct Running {
     pub cgroup: Option<DistroCgroup>,
     /// Its root file system directory.
     pub rootfs: PathBuf,
+    /// Its network: the VM's, or a namespace of its own.
+    pub network: NetworkMode,
     stopped: watch::Receiver<bool>,
 }
 
@@ -121,6 +124,7 @@ pub struct Distros {
     running: Mutex<HashMap<String, Running>>,
     importing: Arc<std::sync::Mutex<HashSet<String>>>,
     agent_exe: PathBuf,
+    networks: Arc<IsolatedNetworks>,
 }
 
 /// A name held by an import in progress; released on drop.
@@ -148,6 +152,7 @@ impl Distros {
             running: Mutex::new(HashMap::new()),
             importing: Arc::default(),
             agent_exe,
+            networks: Arc::default(),
         })
     }
 
@@ -210,6 +215,12 @@ impl Distros {
             ),
             None => None,
         };
+        let isolated = settings.network == NetworkMode::Isolated;
+        let net_flag = if isolated {
+            CloneFlags::CLONE_NEWNET
+        } else {
+            CloneFlags::empty()
+        };
         // SAFETY: the hook runs in the forked child before exec and only
         // makes system calls (write, unshare) on descriptors it owns.
         unsafe {
@@ -223,7 +234,8 @@ impl Distros {
                     CloneFlags::CLONE_NEWNS
                         | CloneFlags::CLONE_NEWUTS
                         | CloneFlags::CLONE_NEWIPC
-                        | CloneFlags::CLONE_NEWCGROUP,
+                        | CloneFlags::CLONE_NEWCGROUP
+                        | net_flag,
                 )?;
                 Ok(())
             });
@@ -233,6 +245,34 @@ impl Distros {
             .id()
             .ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))?
             as i32;
+
+        if isolated {
+            let networks = Arc::clone(&self.networks);
+            let owner = name.to_owned();
+            let attached = tokio::task::spawn_blocking(move || networks.attach(&owner, pid1)).await;
+            let failure = match attached {
+                Ok(Ok(link)) => {
+                    tracing::info!(distro = name, address = %link.address(), "isolated network up");
+                    None
+                }
+                Ok(Err(e)) => Some(crate::error_chain(&e)),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = failure {
+                let _ = kill(Pid::from_raw(pid1), Signal::SIGKILL);
+                let _ = child.wait().await;
+                if let Some(g) = &cgroup {
+                    g.remove();
+                }
+                return Err(LifecycleError::Setup {
+                    name: name.to_string(),
+                    message: format!(
+                        "its isolated network could not be set up: {why} \
+                         (`distroctl configure {name} --network shared` uses the VM's network)"
+                    ),
+                });
+            }
+        }
 
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
@@ -265,6 +305,7 @@ impl Distros {
             pid1,
             cgroup,
             rootfs,
+            network: settings.network,
             stopped: rx,
         };
         map.insert(name.to_string(), running.clone());
@@ -284,6 +325,7 @@ impl Distros {
                     g.remove();
                 }
                 map.remove(&name);
+                this.networks.detach(&name);
             }
             let _ = tx.send(true);
         });

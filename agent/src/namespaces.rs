@@ -28,6 +28,8 @@ pub struct DistroNamespaces {
     pub ipc: OwnedFd,
     /// cgroup namespace.
     pub cgroup: OwnedFd,
+    /// Network namespace (the VM's, unless the distro's network is isolated).
+    pub net: OwnedFd,
 }
 
 impl DistroNamespaces {
@@ -42,13 +44,16 @@ impl DistroNamespaces {
             uts: open("uts")?,
             ipc: open("ipc")?,
             cgroup: open("cgroup")?,
+            net: open("net")?,
         })
     }
 
-    /// Joins the cgroup, IPC, UTS and mount namespaces. Call only from a
-    /// `pre_exec` hook: it changes the calling process's root directory.
+    /// Joins the cgroup, IPC, UTS, network and mount namespaces. Call only
+    /// from a `pre_exec` hook: it changes the calling process's root
+    /// directory.
     pub fn join_in_child(&self) -> io::Result<()> {
         setns(self.cgroup.as_fd(), CloneFlags::CLONE_NEWCGROUP)?;
+        setns(self.net.as_fd(), CloneFlags::CLONE_NEWNET)?;
         setns(self.ipc.as_fd(), CloneFlags::CLONE_NEWIPC)?;
         setns(self.uts.as_fd(), CloneFlags::CLONE_NEWUTS)?;
         setns(self.mnt.as_fd(), CloneFlags::CLONE_NEWNS)?;

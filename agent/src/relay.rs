@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ErrorKind, Frame, Response};
+use protocol::{ErrorKind, Frame, NetworkMode, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -32,15 +32,39 @@ async fn connect_loopback(port: u16) -> std::io::Result<TcpStream> {
     }
 }
 
+/// Connects to `port` on the loopback of the isolated distro whose PID 1
+/// is `pid1`.
+async fn connect_loopback_in(pid1: i32, port: u16) -> std::io::Result<TcpStream> {
+    let stream =
+        tokio::task::spawn_blocking(move || crate::isolated_net::connect_loopback_in(pid1, port))
+            .await
+            .map_err(std::io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
 /// Serves one `connect` request.
 pub async fn serve(mut conn: Connection, distro: Option<String>, port: u16, distros: Arc<Distros>) {
+    // An isolated distro has a loopback of its own, reached from inside
+    // its namespace; the others share the VM's.
+    let mut isolated_pid1 = None;
     if let Some(name) = distro {
-        if let Err(e) = distros.start(&name).await {
-            let _ = conn.send(Frame::Response(e.to_response())).await;
-            return;
+        match distros.start(&name).await {
+            Ok(started) if started.running.network == NetworkMode::Isolated => {
+                isolated_pid1 = Some(started.running.pid1);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = conn.send(Frame::Response(e.to_response())).await;
+                return;
+            }
         }
     }
-    let stream = match connect_loopback(port).await {
+    let connected = match isolated_pid1 {
+        Some(pid1) => connect_loopback_in(pid1, port).await,
+        None => connect_loopback(port).await,
+    };
+    let stream = match connected {
         Ok(stream) => stream,
         Err(e) => {
             let msg = format!("nothing accepts connections on port {port} in the VM ({e})");

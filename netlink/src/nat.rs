@@ -4,6 +4,13 @@
 //! distro with its own network namespace then leaves the VM under the VM's
 //! address, which is the only one passt serves.
 //!
+//! A second chain, on prerouting before connection tracking, drops TCP
+//! segments that carry none of SYN, ACK, RST and FIN. Such a segment is
+//! never valid; passt sends one now and then as a window update. Connection
+//! tracking calls it invalid and does not translate it back, so the VM's
+//! own stack would answer it with a reset for the masqueraded port and
+//! kill the distro's connection.
+//!
 //! The batch adds the table, deletes it and adds it again, so running it
 //! twice leaves exactly one rule (the kernel applies a batch atomically).
 
@@ -43,19 +50,42 @@ const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
 
+const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_POST_ROUTING: u32 = 4;
+const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 /// `srcnat` priority.
-const NAT_PRIORITY: u32 = 100;
+const NAT_PRIORITY: i32 = 100;
+/// `raw` priority: before connection tracking.
+const RAW_PRIORITY: i32 = -300;
+const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
+const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: u32 = 13;
+/// FIN, SYN, RST and ACK.
+const TCP_FIN_SYN_RST_ACK: u8 = 0x17;
 const NFT_CMP_EQ: u32 = 0;
 /// Offset of the source address in the IPv4 header.
 const IPV4_SADDR_OFFSET: u32 = 12;
 
 const TABLE: &str = "distroctl";
-const CHAIN: &str = "postrouting";
+const NAT_CHAIN: &str = "postrouting";
+const FILTER_CHAIN: &str = "prerouting";
 
 /// A private range whose traffic is masqueraded: the first `octets` bytes
 /// of `prefix` (whole bytes keep the rule a plain compare).
@@ -72,8 +102,8 @@ pub struct MasqueradeRange {
 /// modules (loaded by the VM's init).
 pub fn masquerade(range: MasqueradeRange) -> Result<(), NetlinkError> {
     let socket = Socket::open(libc::NETLINK_NETFILTER)?;
-    // Table, delete, table, chain, rule: five acknowledgements.
-    socket.transact(&batch(range), 5, "install the NAT rule")
+    // Table, delete, table, two chains, two rules.
+    socket.transact(&batch(range), 7, "install the NAT rule")
 }
 
 /// `nfgenmsg`: family, version 0, resource id (big-endian).
@@ -95,9 +125,69 @@ fn be(value: u32) -> [u8; 4] {
     value.to_be_bytes()
 }
 
+fn chain(name: &str, kind: &str, hook: u32, priority: i32) -> Vec<u8> {
+    nft(NFT_MSG_NEWCHAIN, libc::NLM_F_CREATE as u16)
+        .string(NFTA_CHAIN_TABLE, TABLE)
+        .string(NFTA_CHAIN_NAME, name)
+        .begin(NFTA_CHAIN_HOOK)
+        .attribute(NFTA_HOOK_HOOKNUM, &be(hook))
+        .attribute(NFTA_HOOK_PRIORITY, &priority.to_be_bytes())
+        .end()
+        .attribute(NFTA_CHAIN_POLICY, &be(NF_ACCEPT))
+        .string(NFTA_CHAIN_TYPE, kind)
+        .finish()
+}
+
+/// A rule in `chain`; `expressions` adds the list elements.
+fn rule(chain: &str, expressions: impl FnOnce(Message) -> Message) -> Vec<u8> {
+    let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND) as u16;
+    let msg = nft(NFT_MSG_NEWRULE, flags)
+        .string(NFTA_RULE_TABLE, TABLE)
+        .string(NFTA_RULE_CHAIN, chain)
+        .begin(NFTA_RULE_EXPRESSIONS);
+    expressions(msg).end().finish()
+}
+
+/// One expression: `name` with the attributes `data` adds (none for `None`).
+fn expression(msg: Message, name: &str, data: Option<&dyn Fn(Message) -> Message>) -> Message {
+    let msg = msg.begin(NFTA_LIST_ELEM).string(NFTA_EXPR_NAME, name);
+    match data {
+        Some(data) => data(msg.begin(NFTA_EXPR_DATA)).end().end(),
+        None => msg.end(),
+    }
+}
+
+/// Loads `len` bytes at `offset` of header `base` into register 1.
+fn payload(msg: Message, base: u32, offset: u32, len: u32) -> Message {
+    expression(
+        msg,
+        "payload",
+        Some(&|m: Message| {
+            m.attribute(NFTA_PAYLOAD_DREG, &be(NFT_REG_1))
+                .attribute(NFTA_PAYLOAD_BASE, &be(base))
+                .attribute(NFTA_PAYLOAD_OFFSET, &be(offset))
+                .attribute(NFTA_PAYLOAD_LEN, &be(len))
+        }),
+    )
+}
+
+/// Continues only when register 1 equals `value`.
+fn equals(msg: Message, value: &[u8]) -> Message {
+    expression(
+        msg,
+        "cmp",
+        Some(&|m: Message| {
+            m.attribute(NFTA_CMP_SREG, &be(NFT_REG_1))
+                .attribute(NFTA_CMP_OP, &be(NFT_CMP_EQ))
+                .begin(NFTA_CMP_DATA)
+                .attribute(NFTA_DATA_VALUE, value)
+                .end()
+        }),
+    )
+}
+
 /// The whole batch, ready to send.
 fn batch(range: MasqueradeRange) -> Vec<u8> {
-    let create = libc::NLM_F_CREATE as u16;
     let boundary = |kind| {
         Message::new(
             kind,
@@ -107,62 +197,73 @@ fn batch(range: MasqueradeRange) -> Vec<u8> {
         .finish()
     };
     let table = || {
-        nft(NFT_MSG_NEWTABLE, create)
+        nft(NFT_MSG_NEWTABLE, libc::NLM_F_CREATE as u16)
             .string(NFTA_TABLE_NAME, TABLE)
             .finish()
     };
     let delete = nft(NFT_MSG_DELTABLE, 0)
         .string(NFTA_TABLE_NAME, TABLE)
         .finish();
-    let chain = nft(NFT_MSG_NEWCHAIN, create)
-        .string(NFTA_CHAIN_TABLE, TABLE)
-        .string(NFTA_CHAIN_NAME, CHAIN)
-        .begin(NFTA_CHAIN_HOOK)
-        .attribute(NFTA_HOOK_HOOKNUM, &be(NF_INET_POST_ROUTING))
-        .attribute(NFTA_HOOK_PRIORITY, &be(NAT_PRIORITY))
-        .end()
-        .attribute(NFTA_CHAIN_POLICY, &be(NF_ACCEPT))
-        .string(NFTA_CHAIN_TYPE, "nat")
-        .finish();
     let octets = usize::from(range.octets.clamp(1, 4));
-    let rule = nft(NFT_MSG_NEWRULE, create | libc::NLM_F_APPEND as u16)
-        .string(NFTA_RULE_TABLE, TABLE)
-        .string(NFTA_RULE_CHAIN, CHAIN)
-        .begin(NFTA_RULE_EXPRESSIONS)
-        // Load the first `octets` bytes of the source address...
-        .begin(NFTA_LIST_ELEM)
-        .string(NFTA_EXPR_NAME, "payload")
-        .begin(NFTA_EXPR_DATA)
-        .attribute(NFTA_PAYLOAD_DREG, &be(NFT_REG_1))
-        .attribute(NFTA_PAYLOAD_BASE, &be(NFT_PAYLOAD_NETWORK_HEADER))
-        .attribute(NFTA_PAYLOAD_OFFSET, &be(IPV4_SADDR_OFFSET))
-        .attribute(NFTA_PAYLOAD_LEN, &be(octets as u32))
-        .end()
-        .end()
-        // ...compare them with the range...
-        .begin(NFTA_LIST_ELEM)
-        .string(NFTA_EXPR_NAME, "cmp")
-        .begin(NFTA_EXPR_DATA)
-        .attribute(NFTA_CMP_SREG, &be(NFT_REG_1))
-        .attribute(NFTA_CMP_OP, &be(NFT_CMP_EQ))
-        .begin(NFTA_CMP_DATA)
-        .attribute(NFTA_DATA_VALUE, &range.prefix.octets()[..octets])
-        .end()
-        .end()
-        .end()
-        // ...and masquerade what matches.
-        .begin(NFTA_LIST_ELEM)
-        .string(NFTA_EXPR_NAME, "masq")
-        .end()
-        .end()
-        .finish();
+    let masquerade = rule(NAT_CHAIN, |m| {
+        let m = payload(
+            m,
+            NFT_PAYLOAD_NETWORK_HEADER,
+            IPV4_SADDR_OFFSET,
+            octets as u32,
+        );
+        let m = equals(m, &range.prefix.octets()[..octets]);
+        expression(m, "masq", None)
+    });
+    let drop_flagless = rule(FILTER_CHAIN, |m| {
+        let m = expression(
+            m,
+            "meta",
+            Some(&|d: Message| {
+                d.attribute(NFTA_META_DREG, &be(NFT_REG_1))
+                    .attribute(NFTA_META_KEY, &be(NFT_META_L4PROTO))
+            }),
+        );
+        let m = equals(m, &[libc::IPPROTO_TCP as u8]);
+        let m = payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, TCP_FLAGS_OFFSET, 1);
+        let m = expression(
+            m,
+            "bitwise",
+            Some(&|d: Message| {
+                d.attribute(NFTA_BITWISE_SREG, &be(NFT_REG_1))
+                    .attribute(NFTA_BITWISE_DREG, &be(NFT_REG_1))
+                    .attribute(NFTA_BITWISE_LEN, &be(1))
+                    .begin(NFTA_BITWISE_MASK)
+                    .attribute(NFTA_DATA_VALUE, &[TCP_FIN_SYN_RST_ACK])
+                    .end()
+                    .begin(NFTA_BITWISE_XOR)
+                    .attribute(NFTA_DATA_VALUE, &[0])
+                    .end()
+            }),
+        );
+        let m = equals(m, &[0]);
+        expression(
+            m,
+            "immediate",
+            Some(&|d: Message| {
+                d.attribute(NFTA_IMMEDIATE_DREG, &be(NFT_REG_VERDICT))
+                    .begin(NFTA_IMMEDIATE_DATA)
+                    .begin(NFTA_DATA_VERDICT)
+                    .attribute(NFTA_VERDICT_CODE, &be(NF_DROP))
+                    .end()
+                    .end()
+            }),
+        )
+    });
     [
         boundary(NFNL_MSG_BATCH_BEGIN),
         table(),
         delete,
         table(),
-        chain,
-        rule,
+        chain(NAT_CHAIN, "nat", NF_INET_POST_ROUTING, NAT_PRIORITY),
+        masquerade,
+        chain(FILTER_CHAIN, "filter", NF_INET_PRE_ROUTING, RAW_PRIORITY),
+        drop_flagless,
         boundary(NFNL_MSG_BATCH_END),
     ]
     .concat()
@@ -189,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_rebuilds_the_table_between_begin_and_end() {
+    fn batch_rebuilds_the_table_with_both_chains_between_begin_and_end() {
         let range = MasqueradeRange {
             prefix: Ipv4Addr::new(172, 31, 0, 0),
             octets: 2,
@@ -208,15 +309,17 @@ mod tests {
                 sub | NFT_MSG_NEWTABLE,
                 sub | NFT_MSG_NEWCHAIN,
                 sub | NFT_MSG_NEWRULE,
+                sub | NFT_MSG_NEWCHAIN,
+                sub | NFT_MSG_NEWRULE,
                 NFNL_MSG_BATCH_END,
             ]
         );
-        // Exactly the five nftables messages ask for an acknowledgement.
+        // Exactly the seven nftables messages ask for an acknowledgement.
         let acked = got
             .iter()
             .filter(|(_, f)| f & libc::NLM_F_ACK as u16 != 0)
             .count();
-        assert_eq!(acked, 5);
+        assert_eq!(acked, 7);
     }
 
     #[test]

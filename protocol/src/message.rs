@@ -125,6 +125,29 @@ pub struct DistroSettings {
     /// Resource limits.
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// Whose network the distro uses.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_shared")]
+    pub network: NetworkMode,
+}
+
+/// A distro's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// The VM's network namespace, shared with every other shared distro
+    /// (as in WSL2): one loopback, one address, ports forwarded to the host.
+    #[default]
+    Shared,
+    /// A network namespace of its own, with its own address on a private
+    /// link to the VM and outbound traffic translated to the VM's address.
+    Isolated,
+}
+
+impl NetworkMode {
+    /// True for the default, shared mode.
+    pub fn is_shared(&self) -> bool {
+        *self == NetworkMode::Shared
+    }
 }
 
 /// Terminal requested for an exec.

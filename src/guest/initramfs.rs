@@ -373,6 +373,12 @@ mod tests {
             ("overlay", &[]),
             ("inet_diag", &[]),
             ("tcp_diag", &["inet_diag"]),
+            ("veth", &[]),
+            ("nf_tables", &[]),
+            ("nf_conntrack", &[]),
+            ("nf_nat", &["nf_conntrack"]),
+            ("nft_chain_nat", &["nf_tables", "nf_nat"]),
+            ("nft_masq", &["nf_tables", "nf_nat"]),
         ];
         for (name, depends) in tree {
             fs::write(
@@ -470,9 +476,11 @@ mod tests {
         assert!(at("net_failover") < at("virtio_net"));
         assert!(at("vmw_vsock_virtio_transport_common") < at("vmw_vsock_virtio_transport"));
         assert!(at("inet_diag") < at("tcp_diag"));
+        assert!(at("nf_conntrack") < at("nf_nat"));
+        assert!(at("nf_nat") < at("nft_masq"));
         assert_eq!(
             lines.len(),
-            13,
+            19,
             "built-in modules must not be listed:\n{order}"
         );
         for line in &lines {

@@ -19,10 +19,11 @@ use super::modinfo::{self, ModinfoError};
 /// Modules the utility VM needs, by name: the virtio-mmio transport (QEMU
 /// `microvm` and the own VMM put every device there), the data disk, the
 /// network, vsock to the host, the data disk's filesystem (with its
-/// checksum helpers), overlayfs for distros, and the socket diagnostics
-/// the agent reads listening ports with (the initramfs has no `modprobe`
-/// for the kernel to load them on demand). Most are built into some
-/// kernels; those are skipped.
+/// checksum helpers), overlayfs for distros, the socket diagnostics the
+/// agent reads listening ports with, and veth plus nftables NAT for distros
+/// with a network of their own (the initramfs has no `modprobe` for the
+/// kernel to load them on demand). Most are built into some kernels; those
+/// are skipped.
 pub const UTILITY_VM_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
@@ -38,6 +39,9 @@ pub const UTILITY_VM_MODULES: &[&str] = &[
     "overlay",
     "inet_diag",
     "tcp_diag",
+    "veth",
+    "nft_chain_nat",
+    "nft_masq",
 ];
 
 /// A module file's name endings and how its contents are stored.
