@@ -129,14 +129,15 @@ async fn ctrl_c_byte_interrupts_the_foreground_process() {
         return;
     };
 
+    // The process that prints "started" is the one Ctrl-C must stop, with
+    // nothing (such as a shell's exec) happening between the two.
     let mut conn = exec(
         &agent,
-        &["sh", "-c", "echo started; exec sleep 100"],
+        &["perl", "-e", "$| = 1; print qq{started\n}; sleep 100"],
         Some((24, 80)),
     )
     .await;
     wait_for(&mut conn, "started").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = Instant::now();
     conn.send(Frame::Stdin(Bytes::from_static(b"\x03")))
         .await

@@ -222,7 +222,8 @@ impl Distros {
             CloneFlags::empty()
         };
         // SAFETY: the hook runs in the forked child before exec and only
-        // makes system calls (write, unshare) on descriptors it owns.
+        // makes system calls (write, sigaction, unshare) on descriptors and
+        // data it owns.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(procs) = &procs {
@@ -230,6 +231,7 @@ impl Distros {
                     // the distro's group.
                     nix::unistd::write(procs, b"0")?;
                 }
+                crate::namespaces::default_signal_actions_in_child()?;
                 unshare(
                     CloneFlags::CLONE_NEWNS
                         | CloneFlags::CLONE_NEWUTS

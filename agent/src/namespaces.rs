@@ -61,6 +61,28 @@ impl DistroNamespaces {
     }
 }
 
+/// Gives every signal its default action again. Call only from a
+/// `pre_exec` hook: a process inherits ignored signals across exec, so an
+/// agent started with, say, SIGINT ignored would otherwise hand that on and
+/// Ctrl-C would not stop a distro's programs. (The signal mask is reset by
+/// the standard library's spawn.)
+pub fn default_signal_actions_in_child() -> io::Result<()> {
+    for signal in nix::sys::signal::Signal::iterator() {
+        if matches!(
+            signal,
+            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+        ) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no handler code and is
+        // async-signal-safe; the child is single-threaded before exec.
+        unsafe {
+            nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)?;
+        }
+    }
+    Ok(())
+}
+
 /// Where the child's PID namespace comes from.
 enum PidNamespace<'a> {
     /// A new one, with the child as its PID 1.

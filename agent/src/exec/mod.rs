@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::lifecycle::{Distros, Running};
-use crate::namespaces::{spawn_in_pid_ns, DistroNamespaces};
+use crate::namespaces::{default_signal_actions_in_child, spawn_in_pid_ns, DistroNamespaces};
 use crate::server::Connection;
 
 pub use passwd::{lookup, User};
@@ -260,6 +260,7 @@ async fn spawn(
                 nix::unistd::write(procs, b"0")?;
             }
             ns.join_in_child()?;
+            default_signal_actions_in_child()?;
             nix::unistd::setsid()?;
             if with_tty {
                 // fd 0 is the PTY slave installed by the spawner; TIOCSCTTY
