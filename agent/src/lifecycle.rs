@@ -79,6 +79,19 @@ pub fn store_error_response(e: &StoreError) -> Response {
     Response::error(kind, crate::error_chain(e))
 }
 
+/// Waits for a distro's PID 1 that was killed because its start failed,
+/// and removes its cgroup.
+async fn reap_failed_start(
+    child: &mut tokio::process::Child,
+    cgroup: Option<&DistroCgroup>,
+) -> Option<std::process::ExitStatus> {
+    let status = child.wait().await.ok();
+    if let Some(g) = cgroup {
+        g.remove();
+    }
+    status
+}
+
 /// A distro whose PID 1 runs.
 #[derive(Debug, Clone)]
 pub struct Running {
@@ -262,10 +275,7 @@ impl Distros {
             };
             if let Some(why) = failure {
                 let _ = kill(Pid::from_raw(pid1), Signal::SIGKILL);
-                let _ = child.wait().await;
-                if let Some(g) = &cgroup {
-                    g.remove();
-                }
+                reap_failed_start(&mut child, cgroup.as_ref()).await;
                 return Err(LifecycleError::Setup {
                     name: name.to_string(),
                     message: format!(
@@ -287,10 +297,7 @@ impl Distros {
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut message))
                     .await;
-            let status = child.wait().await.ok();
-            if let Some(g) = &cgroup {
-                g.remove();
-            }
+            let status = reap_failed_start(&mut child, cgroup.as_ref()).await;
             let message = match (message.trim(), ready) {
                 ("", Err(_)) => format!("setup did not finish within {START_TIMEOUT:?}"),
                 ("", _) => format!("its init ended during setup ({status:?})"),

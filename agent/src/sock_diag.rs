@@ -4,8 +4,8 @@
 //! listeners and costs microseconds however many connections are open.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use netlink::Socket;
 use nix::errno::Errno;
 use protocol::Listener;
 use thiserror::Error;
@@ -123,24 +123,14 @@ pub fn is_forwardable(listener: &Listener) -> bool {
 
 /// An open sock_diag socket; reuse it for every poll.
 pub struct SockDiag {
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 impl SockDiag {
     /// Opens the netlink socket.
     pub fn open() -> Result<SockDiag, SockDiagError> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        let fd = Errno::result(fd).map_err(SockDiagError::Socket)?;
-        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(SockDiag { fd })
+        let socket = Socket::open(libc::NETLINK_SOCK_DIAG).map_err(SockDiagError::Socket)?;
+        Ok(SockDiag { socket })
     }
 
     /// Every listening TCP socket, IPv4 and IPv6, sorted and deduplicated.
@@ -155,31 +145,22 @@ impl SockDiag {
     }
 
     fn dump(&self, family: u8, out: &mut Vec<Listener>) -> Result<(), SockDiagError> {
-        let request = dump_request(family);
-        // SAFETY: `request` is a live buffer of the given length; netlink
-        // sockets send to the kernel without a destination address.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-            )
-        };
-        Errno::result(sent).map_err(|source| SockDiagError::Io {
-            step: "request",
-            source,
-        })?;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            // SAFETY: `buf` is writable for its whole length during the call.
-            let got =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let got = Errno::result(got).map_err(|source| SockDiagError::Io {
-                step: "read",
+        self.socket
+            .send(&dump_request(family))
+            .map_err(|source| SockDiagError::Io {
+                step: "request",
                 source,
             })?;
-            let chunk = parse_reply(&buf[..got as usize])?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let got = self
+                .socket
+                .recv(&mut buf)
+                .map_err(|source| SockDiagError::Io {
+                    step: "read",
+                    source,
+                })?;
+            let chunk = parse_reply(&buf[..got])?;
             out.extend(chunk.listeners);
             if chunk.done || got == 0 {
                 return Ok(());

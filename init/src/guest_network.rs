@@ -4,7 +4,7 @@
 //! VM's `/etc/resolv.conf`, which the agent hands on to every distro.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -116,17 +116,10 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Option<GuestNetwork>, GuestNetwork
 /// resolver configuration. Returns the interface's name.
 pub fn configure(network: &GuestNetwork) -> Result<String, GuestNetworkError> {
     let name = wait_for_interface(Path::new(NET_CLASS))?;
-    let index_path: PathBuf = [NET_CLASS, &name, "ifindex"].iter().collect();
-    let index = std::fs::read_to_string(&index_path)
-        .and_then(|text| {
-            text.trim()
-                .parse::<u32>()
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        })
-        .map_err(|source| GuestNetworkError::Index {
-            name: name.clone(),
-            source,
-        })?;
+    let index = netlink::route::index_of(&name).map_err(|source| GuestNetworkError::Index {
+        name: name.clone(),
+        source,
+    })?;
     let netlink_err = |source| GuestNetworkError::Netlink {
         name: name.clone(),
         source,

@@ -12,4 +12,4 @@ mod message;
 pub mod nat;
 pub mod route;
 
-pub use message::NetlinkError;
+pub use message::{NetlinkError, Socket};

@@ -142,14 +142,14 @@ pub(crate) fn ack_errno(reply: &[u8]) -> Option<i32> {
 }
 
 /// An open netlink socket of one protocol family.
-pub(crate) struct Socket {
+pub struct Socket {
     fd: OwnedFd,
 }
 
 impl Socket {
-    /// Opens a socket for `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`)
-    /// in the calling thread's network namespace.
-    pub(crate) fn open(protocol: i32) -> Result<Socket, NetlinkError> {
+    /// Opens a socket for `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`,
+    /// `NETLINK_SOCK_DIAG`) in the calling thread's network namespace.
+    pub fn open(protocol: i32) -> Result<Socket, Errno> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
             libc::socket(
@@ -158,20 +158,14 @@ impl Socket {
                 protocol,
             )
         };
-        let fd = Errno::result(fd).map_err(NetlinkError::Socket)?;
+        let fd = Errno::result(fd)?;
         // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Socket { fd })
     }
 
-    /// Sends `request` (one or more messages) and reads `acks`
-    /// acknowledgements; the first refusal is the error.
-    pub(crate) fn transact(
-        &self,
-        request: &[u8],
-        acks: usize,
-        action: &'static str,
-    ) -> Result<(), NetlinkError> {
+    /// Sends `request` (one or more messages) to the kernel.
+    pub fn send(&self, request: &[u8]) -> Result<(), Errno> {
         // SAFETY: `request` is a live, initialised buffer of the given length;
         // a null destination sends to the kernel on a netlink socket.
         let sent = unsafe {
@@ -182,26 +176,36 @@ impl Socket {
                 0,
             )
         };
-        Errno::result(sent).map_err(|source| NetlinkError::Io {
+        Errno::result(sent).map(drop)
+    }
+
+    /// Receives one datagram (one or more messages) into `buf`; returns its
+    /// length.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        // SAFETY: `buf` is writable for its whole length during the call.
+        let got = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        Errno::result(got).map(|n| n as usize)
+    }
+
+    /// Sends `request` (one or more messages) and reads `acks`
+    /// acknowledgements; the first refusal is the error.
+    pub(crate) fn transact(
+        &self,
+        request: &[u8],
+        acks: usize,
+        action: &'static str,
+    ) -> Result<(), NetlinkError> {
+        self.send(request).map_err(|source| NetlinkError::Io {
             step: "send",
             source,
         })?;
         let mut seen = 0;
         while seen < acks {
             let mut reply = [0u8; 4096];
-            // SAFETY: `reply` is a writable buffer of the given length for the call.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    reply.as_mut_ptr().cast(),
-                    reply.len(),
-                    0,
-                )
-            };
-            let got = Errno::result(got).map_err(|source| NetlinkError::Io {
+            let got = self.recv(&mut reply).map_err(|source| NetlinkError::Io {
                 step: "receive",
                 source,
-            })? as usize;
+            })?;
             let mut rest = &reply[..got];
             while rest.len() >= HEADER_LEN {
                 let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;

@@ -101,7 +101,7 @@ pub struct MasqueradeRange {
 /// thread's network namespace. Needs the `nft_chain_nat` and `nft_masq`
 /// modules (loaded by the VM's init).
 pub fn masquerade(range: MasqueradeRange) -> Result<(), NetlinkError> {
-    let socket = Socket::open(libc::NETLINK_NETFILTER)?;
+    let socket = Socket::open(libc::NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
     // Table, delete, table, two chains, two rules.
     socket.transact(&batch(range), 7, "install the NAT rule")
 }

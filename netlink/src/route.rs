@@ -113,7 +113,7 @@ impl Rtnetlink {
     /// Opens the socket, in the calling thread's network namespace.
     pub fn open() -> Result<Rtnetlink, NetlinkError> {
         Ok(Rtnetlink {
-            socket: Socket::open(libc::NETLINK_ROUTE)?,
+            socket: Socket::open(libc::NETLINK_ROUTE).map_err(NetlinkError::Socket)?,
         })
     }
 
