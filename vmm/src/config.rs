@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use crate::boot::BootSource;
 use crate::devices::virtio::net::defs::{DEFAULT_MAC, DEFAULT_MTU, MIN_MTU};
+use crate::vm::guest_ram::RamBacking;
 
 /// Most vCPUs: APIC IDs are one byte in CPUID leaf 1 and the MADT, and 255
 /// is the broadcast ID.
@@ -84,6 +85,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// File the serial console is appended to; standard output when `None`.
     pub console: Option<PathBuf>,
+    /// Where guest RAM pages come from.
+    pub ram_backing: RamBacking,
 }
 
 /// A configuration that cannot describe a VM.
@@ -161,6 +164,7 @@ mod tests {
             rng: true,
             net: Some(NetConfig::new("/run/net.sock")),
             console: None,
+            ram_backing: RamBacking::default(),
         }
     }
 

@@ -21,6 +21,10 @@
 //! - `--console PATH`: append the serial console here (default: stdout).
 //! - `--no-rng`: leave out the virtio-rng device (present by default, so
 //!   the guest's CRNG is seeded at once).
+//! - `--hugepages`: back guest RAM with reserved 2 MiB pages from
+//!   hugetlbfs (`/proc/sys/vm/nr_hugepages`); by default it is anonymous
+//!   memory at 2 MiB-aligned addresses with transparent huge pages
+//!   requested, so KVM maps it with 2 MiB nested pages either way.
 //! - `--net-socket PATH`: a virtio-net device whose frames go to passt
 //!   serving `PATH` (`passt --socket PATH`; QEMU's stream framing); the VMM
 //!   connects at start. `--mac xx:xx:xx:xx:xx:xx` (default
@@ -41,6 +45,7 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use vmm::boot::BootSource;
 use vmm::config::{parse_mac, NetConfig, VmConfig, VsockConfig};
+use vmm::vm::guest_ram::RamBacking;
 use vmm::vm::Vm;
 use vmm::vm_exit::ExitReason;
 
@@ -85,6 +90,9 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Back guest RAM with reserved 2 MiB pages from hugetlbfs.
+    #[arg(long)]
+    hugepages: bool,
     /// Unix socket of the network backend (passt) for a virtio-net device.
     #[arg(long)]
     net_socket: Option<PathBuf>,
@@ -130,6 +138,11 @@ impl Args {
                 net
             }),
             console: self.console,
+            ram_backing: if self.hugepages {
+                RamBacking::HugeTlb
+            } else {
+                RamBacking::TransparentHugePages
+            },
         }
     }
 }

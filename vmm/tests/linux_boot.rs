@@ -78,6 +78,7 @@ fn linux_finds_acpi_and_serial_then_reboots_on_panic() {
         rng: false,
         net: None,
         console: Some(console.clone()),
+        ram_backing: Default::default(),
     };
     let vm = Vm::new(config).unwrap();
     let handle = vm.handle();

@@ -20,6 +20,7 @@
 //!     rng: true,
 //!     net: None,
 //!     console: Some("console.log".into()),
+//!     ram_backing: Default::default(),
 //! };
 //! let reason = Vm::new(config)?.run()?;
 //! println!("guest ended: {reason:?}");
@@ -31,6 +32,7 @@
 //! Linux. [`Vm::has_irqchip`] says which one this is.
 
 pub mod devices;
+pub mod guest_ram;
 
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +55,7 @@ use crate::event_loop::{EventLoop, ExitWatcher};
 use crate::vcpu::{RunState, Vcpu, VcpuControl, VcpuError};
 use crate::vm_exit::{ExitReason, ExitSignal};
 use devices::{create_devices, DeviceSetupError};
+use guest_ram::{GuestRam, GuestRamError};
 
 /// Where KVM puts the TSS it needs on Intel hosts (three pages just below
 /// the BIOS ROM, inside the MMIO hole, never RAM).
@@ -81,7 +84,7 @@ pub enum VmError {
     Layout(#[source] LayoutError),
     /// Allocating guest memory.
     #[error("cannot allocate guest memory")]
-    Memory(#[source] vm_memory::mmap::FromRangesError),
+    Memory(#[source] GuestRamError),
     /// A guest memory region has no host mapping to hand to KVM.
     #[error("guest memory region at {0:#x} has no host mapping")]
     NoHostMapping(u64),
@@ -148,15 +151,16 @@ impl VmHandle {
 /// A VM ready to run.
 pub struct Vm {
     vm: Arc<VmFd>,
-    memory: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     events: EventLoop,
     exit: Arc<ExitSignal>,
     control: Arc<VcpuControl>,
     boot: BootPlan,
     irqchip: bool,
-    // Dropped last: the VM and vCPU fds reference it.
+    // Dropped after the VM and vCPU fds, which reference it.
     _kvm: Kvm,
+    // Dropped last: devices and vCPUs above hold views of it.
+    memory: GuestRam,
 }
 
 impl Vm {
@@ -166,8 +170,11 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         let vm = Arc::new(kvm.create_vm().map_err(VmError::Kvm)?);
         let mem_size = config.memory_mib << 20;
-        let memory = GuestMemoryMmap::from_ranges(&ram_ranges(mem_size).map_err(VmError::Layout)?)
-            .map_err(VmError::Memory)?;
+        let memory = GuestRam::new(
+            &ram_ranges(mem_size).map_err(VmError::Layout)?,
+            config.ram_backing,
+        )
+        .map_err(VmError::Memory)?;
         register_memory(&vm, &memory)?;
         if let Err(e) = vm.set_tss_address(KVM_TSS_ADDRESS) {
             tracing::debug!(error = %e, "KVM_SET_TSS_ADDR not available");
@@ -228,8 +235,9 @@ impl Vm {
         &self.boot
     }
 
-    /// Guest memory.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    /// Guest memory (clone it to keep it beyond the VM: clones keep the
+    /// mapping alive).
+    pub fn memory(&self) -> &GuestRam {
         &self.memory
     }
 

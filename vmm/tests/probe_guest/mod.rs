@@ -85,6 +85,7 @@ pub fn probe_config(
         rng: false,
         net: None,
         console: Some(dir.join("console.log")),
+        ram_backing: Default::default(),
     }
 }
 
