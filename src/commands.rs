@@ -63,7 +63,14 @@ impl Session {
             )
             .into());
         }
-        install::install(&self.addr, plan, tarball, user).await?;
+        if let Err(e) = install::install(&self.addr, plan, tarball, user).await {
+            return match self.stop_reason(true).await {
+                Some(reason) => {
+                    Err(format!("the install of {} did not finish: {reason}", plan.name).into())
+                }
+                None => Err(e.into()),
+            };
+        }
         if self.lease.is_some() {
             adopt_as_default(&plan.name, config)?;
         }
@@ -84,9 +91,40 @@ impl Session {
     /// Runs a process; tells the user when the VM went away under it.
     async fn exec(&self, req: ExecRequest) -> Result<i32, AnyError> {
         let result = exec::run(&self.addr, req).await;
-        if let (Err(_), Some(lease)) = (&result, &self.lease) {
-            // A VM that died under the command is noticed by the manager
-            // within a second; wait for its word before blaming the agent.
+        if let Some(reason) = self.stop_reason(result.is_err()).await {
+            eprintln!("distroctl: {reason}; the session ended");
+            return Ok(result.unwrap_or(1));
+        }
+        Ok(result?)
+    }
+
+    /// Imports an archive; says so when the VM went away under it rather
+    /// than blaming the connection.
+    async fn import(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        settings: DistroSettings,
+    ) -> Result<u64, AnyError> {
+        let result = transfer::import(&self.addr, name, file, settings, None).await;
+        let refused = matches!(
+            &result,
+            Err(transfer::TransferError::Agent(ClientError::Agent(_)))
+        );
+        match self.stop_reason(result.is_err() && !refused).await {
+            Some(reason) if result.is_err() => {
+                Err(format!("the import of {name} did not finish: {reason}").into())
+            }
+            _ => Ok(result?),
+        }
+    }
+
+    /// Why the VM went away during this command, if it did. After a failure
+    /// the manager's word may take up to a second (it notices a dead VM
+    /// within one), so it is waited for before the connection is blamed.
+    async fn stop_reason(&self, failed: bool) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        if failed {
             for _ in 0..20 {
                 if lease.stop_reason().is_some() {
                     break;
@@ -94,11 +132,7 @@ impl Session {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-        if let Some(reason) = self.lease.as_ref().and_then(Lease::stop_reason) {
-            eprintln!("distroctl: {reason}; the session ended");
-            return Ok(result.unwrap_or(1));
-        }
-        Ok(result?)
+        lease.stop_reason()
     }
 }
 
@@ -195,7 +229,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                 }
                 None => file,
             };
-            let bytes = transfer::import(&session.addr, &name, &file, settings, None).await?;
+            let bytes = session.import(&name, &file, settings).await?;
             eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
             if session.lease.is_some() {
                 adopt_as_default(&name, &config)?;
@@ -294,11 +328,13 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             session
                 .request(Request::Configure {
                     name: name.clone(),
-                    settings,
+                    settings: settings.clone(),
                 })
                 .await?;
-            if current.state == DistroState::Running {
-                eprintln!("Saved; the settings apply when {name} next starts (`distroctl terminate {name}` first)");
+            if let Some(note) =
+                when_settings_apply(&name, &current.settings, &settings, current.state)
+            {
+                eprintln!("{note}");
             }
         }
         Command::Exec {
@@ -446,5 +482,98 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// What `configure` says about when its changes take effect, true for each
+/// setting: the default user is read by every new command, so it applies at
+/// once; systemd, limits and the network are set up when the distro starts.
+fn when_settings_apply(
+    name: &str,
+    old: &DistroSettings,
+    new: &DistroSettings,
+    state: DistroState,
+) -> Option<String> {
+    let mut at_start = Vec::new();
+    if old.systemd != new.systemd {
+        at_start.push("--systemd");
+    }
+    if old.limits.memory_bytes != new.limits.memory_bytes {
+        at_start.push("--memory-max");
+    }
+    if old.limits.cpu_millis != new.limits.cpu_millis {
+        at_start.push("--cpu-max");
+    }
+    if old.limits.pids != new.limits.pids {
+        at_start.push("--pids-max");
+    }
+    if old.network != new.network {
+        at_start.push("--network");
+    }
+    let user_changed = old.default_user != new.default_user;
+    let at_start = (state == DistroState::Running && !at_start.is_empty()).then(|| {
+        format!(
+            "{} {} when {name} next starts (`distroctl terminate {name}` first)",
+            at_start.join(", "),
+            if at_start.len() == 1 {
+                "applies"
+            } else {
+                "apply"
+            }
+        )
+    });
+    match (user_changed, at_start) {
+        (true, Some(later)) => Some(format!(
+            "Saved; the default user applies to new commands at once, {later}"
+        )),
+        (false, Some(later)) => Some(format!("Saved; {later}")),
+        (true, None) => Some("Saved; the default user applies to new commands at once".into()),
+        (false, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_user_change_is_said_to_apply_at_once() {
+        let old = DistroSettings::default();
+        let new = DistroSettings {
+            default_user: Some("me".into()),
+            ..Default::default()
+        };
+
+        let stopped = when_settings_apply("d", &old, &new, DistroState::Stopped).unwrap();
+        let running = when_settings_apply("d", &old, &new, DistroState::Running).unwrap();
+
+        assert!(stopped.contains("at once"), "{stopped}");
+        assert!(!running.contains("next starts"), "{running}");
+    }
+
+    #[test]
+    fn start_time_settings_of_a_running_distro_are_said_to_wait_for_its_start() {
+        let old = DistroSettings::default();
+        let mut new = DistroSettings {
+            systemd: true,
+            default_user: Some("me".into()),
+            ..Default::default()
+        };
+        new.limits.pids = Some(10);
+
+        let note = when_settings_apply("d", &old, &new, DistroState::Running).unwrap();
+
+        assert!(
+            note.contains("default user applies to new commands at once"),
+            "{note}"
+        );
+        assert!(
+            note.contains("--systemd, --pids-max apply when d next starts"),
+            "{note}"
+        );
+        assert_eq!(
+            when_settings_apply("d", &old, &old, DistroState::Running),
+            None
+        );
     }
 }
