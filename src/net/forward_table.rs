@@ -143,7 +143,7 @@ impl ForwardState {
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
+        std::io::Write::write_all(&mut crate::paths::create_private(&tmp, false)?, &json)?;
         std::fs::rename(tmp, path)
     }
 
