@@ -68,7 +68,7 @@ impl Session {
                 Some(reason) => {
                     Err(format!("the install of {} did not finish: {reason}", plan.name).into())
                 }
-                None => Err(e.into()),
+                None => Err(e),
             };
         }
         if self.lease.is_some() {
