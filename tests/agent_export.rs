@@ -168,10 +168,17 @@ fn export_to_a_fifo_reaches_its_reader() {
         .spawn()
         .unwrap();
 
-    agent.ok(&["export", "tiny", fifo.to_str().unwrap()]);
+    let export = agent.run(&["export", "tiny", fifo.to_str().unwrap()]);
+    let still_fifo = std::fs::metadata(&fifo).unwrap().file_type().is_fifo();
+    let mut reader = reader;
+    if !still_fifo || !export.status.success() {
+        // Nothing will ever open the FIFO for writing: do not wait for cat.
+        let _ = reader.kill();
+    }
     let read = reader.wait_with_output().unwrap();
 
-    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert!(still_fifo, "the FIFO was replaced");
     let names = entries(&read.stdout);
     assert!(names.contains(&"root/mine".to_string()), "{names:?}");
     assert!(names.contains(&"etc/hostname".to_string()), "{names:?}");
@@ -206,4 +213,68 @@ fn import_refused_while_still_streaming_always_says_why() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["tiny".to_string()], "leftovers in the store");
+}
+
+/// An agent that refuses an import the way one across the VM's vsock does:
+/// it stops reading at once and its answer arrives a moment later.
+fn slow_refusing_agent(socket: &Path) -> std::thread::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use protocol::{AgentError, ErrorKind, Frame, FrameCodec, Hello, Response};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+            let mut conn = tokio_util::codec::Framed::new(stream, FrameCodec);
+            let _hello = conn.next().await;
+            conn.send(Frame::Hello(Hello::new("slow agent")))
+                .await
+                .unwrap();
+            let _import = conn.next().await;
+            conn.send(Frame::Response(Response::Ready)).await.unwrap();
+            let _first_data = conn.next().await;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(conn.get_ref());
+            // SAFETY: shutting down the read side of a socket this thread
+            // owns; the descriptor stays open.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let refusal = AgentError {
+                kind: ErrorKind::InvalidArchive,
+                message: "archive entry ../evil leaves the distro root".into(),
+            };
+            let _ = conn.send(Frame::Response(Response::Error(refusal))).await;
+        });
+    })
+}
+
+#[test]
+fn import_refusal_that_arrives_after_the_agent_stopped_reading_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let agent = slow_refusing_agent(&socket);
+
+    let mut cli = Command::new(common::binary("distroctl"));
+    cli.arg("--agent-socket")
+        .arg(&socket)
+        .args(["import", "bad", "-"]);
+    let mut child = cli
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &vec![0u8; 64 << 20]);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    agent.join().unwrap();
+
+    assert_one_line_error(&out, "leaves the distro root");
 }
