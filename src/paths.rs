@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 fn home() -> PathBuf {
@@ -86,7 +86,8 @@ pub fn create_private(path: &Path, append: bool) -> io::Result<File> {
 /// Removes group and other permissions beyond `mode`.
 fn tighten(path: &Path, mode: u32) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
-    if meta.file_type().is_symlink() {
+    // Another user's file is refused elsewhere (with a reason), not changed.
+    if meta.file_type().is_symlink() || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Ok(());
     }
     if meta.permissions().mode() & 0o7777 & !mode != 0 {
