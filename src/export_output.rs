@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -112,17 +112,14 @@ impl Target {
     pub fn open(&self) -> Result<Output, OutputError> {
         match self {
             Target::Descriptor(fd) => {
-                // SAFETY: `fd` was named by the user as one of this process's
-                // open descriptors; it is only borrowed here to duplicate it.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(*fd) };
-                let owned = borrowed
-                    .try_clone_to_owned()
-                    .map_err(|source| OutputError::Io {
-                        action: "write to",
-                        path: PathBuf::from(format!("/dev/fd/{fd}")),
-                        source,
-                    })?;
-                Ok(Output::Direct(File::from(owned)))
+                let copy = nix::unistd::dup(*fd).map_err(|e| OutputError::Io {
+                    action: "write to",
+                    path: PathBuf::from(format!("/dev/fd/{fd}")),
+                    source: e.into(),
+                })?;
+                // SAFETY: `dup` just returned `copy`, a new descriptor that
+                // nothing else owns; the File takes it over.
+                Ok(Output::Direct(unsafe { File::from_raw_fd(copy) }))
             }
             Target::Direct(path) => open_direct(path),
             Target::Replace(path) => open_replacement(path),
@@ -260,5 +257,53 @@ impl Output {
             .map_err(err("rename into place", &target))?;
         let dir_file = File::open(&dir).map_err(err("open", &dir))?;
         dir_file.sync_all().map_err(err("flush", &dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_names_write_to_the_open_descriptor() {
+        assert_eq!(descriptor_path(Path::new("-")), Some(1));
+        assert_eq!(descriptor_path(Path::new("/dev/stdout")), Some(1));
+        assert_eq!(descriptor_path(Path::new("/dev/stderr")), Some(2));
+        assert_eq!(descriptor_path(Path::new("/dev/fd/7")), Some(7));
+        assert_eq!(descriptor_path(Path::new("/proc/self/fd/3")), Some(3));
+        assert_eq!(descriptor_path(Path::new("/dev/fd/x")), None);
+        assert_eq!(descriptor_path(Path::new("out.tar")), None);
+    }
+
+    #[test]
+    fn targets_are_replaced_written_in_place_or_refused_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.tar");
+
+        assert_eq!(Target::choose(&new).unwrap(), Target::Replace(new.clone()));
+        assert_eq!(
+            Target::choose(Path::new("/dev/null")).unwrap(),
+            Target::Direct("/dev/null".into())
+        );
+        let full = Target::choose(Path::new("/dev/full"))
+            .unwrap_err()
+            .to_string();
+        assert!(full.contains("is a character device"), "{full}");
+        let directory = Target::choose(dir.path()).unwrap_err().to_string();
+        assert!(directory.contains("is a directory"), "{directory}");
+    }
+
+    #[test]
+    fn uncommitted_replacement_leaves_nothing_and_the_old_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.tar");
+        std::fs::write(&target, "old").unwrap();
+
+        let output = Target::Replace(target.clone()).open().unwrap();
+        std::io::Write::write_all(&mut output.writer().unwrap(), b"half").unwrap();
+        drop(output);
+
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
