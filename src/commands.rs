@@ -328,13 +328,11 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             session
                 .request(Request::Configure {
                     name: name.clone(),
-                    settings: settings.clone(),
+                    settings,
                 })
                 .await?;
-            if let Some(note) =
-                when_settings_apply(&name, &current.settings, &settings, current.state)
-            {
-                eprintln!("{note}");
+            if current.state == DistroState::Running {
+                eprintln!("Saved; the settings apply when {name} next starts (`distroctl terminate {name}` first)");
             }
         }
         Command::Exec {
@@ -482,98 +480,5 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// What `configure` says about when its changes take effect, true for each
-/// setting: the default user is read by every new command, so it applies at
-/// once; systemd, limits and the network are set up when the distro starts.
-fn when_settings_apply(
-    name: &str,
-    old: &DistroSettings,
-    new: &DistroSettings,
-    state: DistroState,
-) -> Option<String> {
-    let mut at_start = Vec::new();
-    if old.systemd != new.systemd {
-        at_start.push("--systemd");
-    }
-    if old.limits.memory_bytes != new.limits.memory_bytes {
-        at_start.push("--memory-max");
-    }
-    if old.limits.cpu_millis != new.limits.cpu_millis {
-        at_start.push("--cpu-max");
-    }
-    if old.limits.pids != new.limits.pids {
-        at_start.push("--pids-max");
-    }
-    if old.network != new.network {
-        at_start.push("--network");
-    }
-    let user_changed = old.default_user != new.default_user;
-    let at_start = (state == DistroState::Running && !at_start.is_empty()).then(|| {
-        format!(
-            "{} {} when {name} next starts (`distroctl terminate {name}` first)",
-            at_start.join(", "),
-            if at_start.len() == 1 {
-                "applies"
-            } else {
-                "apply"
-            }
-        )
-    });
-    match (user_changed, at_start) {
-        (true, Some(later)) => Some(format!(
-            "Saved; the default user applies to new commands at once, {later}"
-        )),
-        (false, Some(later)) => Some(format!("Saved; {later}")),
-        (true, None) => Some("Saved; the default user applies to new commands at once".into()),
-        (false, None) => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_user_change_is_said_to_apply_at_once() {
-        let old = DistroSettings::default();
-        let new = DistroSettings {
-            default_user: Some("me".into()),
-            ..Default::default()
-        };
-
-        let stopped = when_settings_apply("d", &old, &new, DistroState::Stopped).unwrap();
-        let running = when_settings_apply("d", &old, &new, DistroState::Running).unwrap();
-
-        assert!(stopped.contains("at once"), "{stopped}");
-        assert!(!running.contains("next starts"), "{running}");
-    }
-
-    #[test]
-    fn start_time_settings_of_a_running_distro_are_said_to_wait_for_its_start() {
-        let old = DistroSettings::default();
-        let mut new = DistroSettings {
-            systemd: true,
-            default_user: Some("me".into()),
-            ..Default::default()
-        };
-        new.limits.pids = Some(10);
-
-        let note = when_settings_apply("d", &old, &new, DistroState::Running).unwrap();
-
-        assert!(
-            note.contains("default user applies to new commands at once"),
-            "{note}"
-        );
-        assert!(
-            note.contains("--systemd, --pids-max apply when d next starts"),
-            "{note}"
-        );
-        assert_eq!(
-            when_settings_apply("d", &old, &old, DistroState::Running),
-            None
-        );
     }
 }
