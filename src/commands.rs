@@ -63,7 +63,14 @@ impl Session {
             )
             .into());
         }
-        install::install(&self.addr, plan, tarball, user).await?;
+        if let Err(e) = install::install(&self.addr, plan, tarball, user).await {
+            return match self.stop_reason(true).await {
+                Some(reason) => {
+                    Err(format!("the install of {} did not finish: {reason}", plan.name).into())
+                }
+                None => Err(e),
+            };
+        }
         if self.lease.is_some() {
             adopt_as_default(&plan.name, config)?;
         }
@@ -84,9 +91,40 @@ impl Session {
     /// Runs a process; tells the user when the VM went away under it.
     async fn exec(&self, req: ExecRequest) -> Result<i32, AnyError> {
         let result = exec::run(&self.addr, req).await;
-        if let (Err(_), Some(lease)) = (&result, &self.lease) {
-            // A VM that died under the command is noticed by the manager
-            // within a second; wait for its word before blaming the agent.
+        if let Some(reason) = self.stop_reason(result.is_err()).await {
+            eprintln!("distroctl: {reason}; the session ended");
+            return Ok(result.unwrap_or(1));
+        }
+        Ok(result?)
+    }
+
+    /// Imports an archive; says so when the VM went away under it rather
+    /// than blaming the connection.
+    async fn import(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        settings: DistroSettings,
+    ) -> Result<u64, AnyError> {
+        let result = transfer::import(&self.addr, name, file, settings, None).await;
+        let refused = matches!(
+            &result,
+            Err(transfer::TransferError::Agent(ClientError::Agent(_)))
+        );
+        match self.stop_reason(result.is_err() && !refused).await {
+            Some(reason) if result.is_err() => {
+                Err(format!("the import of {name} did not finish: {reason}").into())
+            }
+            _ => Ok(result?),
+        }
+    }
+
+    /// Why the VM went away during this command, if it did. After a failure
+    /// the manager's word may take up to a second (it notices a dead VM
+    /// within one), so it is waited for before the connection is blamed.
+    async fn stop_reason(&self, failed: bool) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        if failed {
             for _ in 0..20 {
                 if lease.stop_reason().is_some() {
                     break;
@@ -94,11 +132,7 @@ impl Session {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-        if let Some(reason) = self.lease.as_ref().and_then(Lease::stop_reason) {
-            eprintln!("distroctl: {reason}; the session ended");
-            return Ok(result.unwrap_or(1));
-        }
-        Ok(result?)
+        lease.stop_reason()
     }
 }
 
@@ -195,7 +229,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                 }
                 None => file,
             };
-            let bytes = transfer::import(&session.addr, &name, &file, settings, None).await?;
+            let bytes = session.import(&name, &file, settings).await?;
             eprintln!("Imported {name} ({:.1} MiB)", bytes as f64 / 1048576.0);
             if session.lease.is_some() {
                 adopt_as_default(&name, &config)?;

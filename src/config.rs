@@ -126,8 +126,18 @@ fn host_memory_bytes() -> u64 {
 }
 
 impl Config {
-    /// Loads `path`; a missing file means all defaults.
+    /// Loads `path`; a missing file means all defaults. Paths in it must
+    /// exist.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if path.is_dir() {
+            return Err(invalid(
+                "it is a directory; the config must be a TOML file".into(),
+            ));
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -138,25 +148,46 @@ impl Config {
                 })
             }
         };
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })
+        let config = Self::parse(&text).map_err(invalid)?;
+        config.check_paths().map_err(invalid)?;
+        Ok(config)
     }
 
     fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt;
-            // the first line names the key and the problem.
+            // the first line names the problem.
             e.message().lines().next().unwrap_or("invalid").to_string()
         })?;
-        if config.cpus == 0 {
-            return Err("cpus must be at least 1".into());
+        // Each key on its own first, so every error names its key, its
+        // value and what is allowed.
+        for (key, value) in &table {
+            check_key(key, value)?;
         }
-        if config.memory < 128 << 20 {
-            return Err("memory must be at least 128M".into());
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| e.message().to_string())
+    }
+
+    /// The configured kernel and module tree must exist.
+    fn check_paths(&self) -> Result<(), String> {
+        if let Some(kernel) = &self.kernel {
+            if !kernel.is_file() {
+                return Err(format!(
+                    "kernel = \"{}\": {}; use the path of a kernel image (bzImage or vmlinux)",
+                    kernel.display(),
+                    missing_or_kind(kernel)
+                ));
+            }
         }
-        Ok(config)
+        if let Some(modules) = &self.modules {
+            if !modules.is_dir() {
+                return Err(format!(
+                    "modules = \"{}\": {}; use the kernel's module directory (lib/modules/VERSION)",
+                    modules.display(),
+                    missing_or_kind(modules)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Sets one top-level key in the file at `path` (or removes it, with
@@ -253,6 +284,85 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     })
+}
+
+/// The keys and what each allows, as the error for a bad value says it.
+const KEYS: &[(&str, &str)] = &[
+    ("memory", "a size such as \"4G\" or \"512M\", at least 128M"),
+    ("cpus", "a whole number of CPUs, at least 1"),
+    ("kernel", "the path of a kernel image, as a string"),
+    ("modules", "the path of a module directory, as a string"),
+    ("backend", "\"auto\", \"kvm\" or \"qemu\""),
+    ("kvm_flavor", "\"auto\", \"vmx\" or \"pvm\""),
+    ("disk_size", "a size such as \"64G\", at least 1G"),
+    (
+        "boot_timeout",
+        "a duration such as \"90s\" or \"2m\", at least 1s",
+    ),
+    (
+        "idle_timeout",
+        "a duration such as \"60s\" or \"5m\", at least 1s, or \"never\"",
+    ),
+    ("default_distro", "a distro name, as a string"),
+    ("port_forwarding", "true or false"),
+    ("port_forward", "[[port_forward]] entries"),
+];
+
+/// Smallest data disk that holds a distro.
+const MIN_DISK_SIZE: u64 = 1 << 30;
+
+/// Checks one top-level key and its value.
+fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
+    let Some((_, allowed)) = KEYS.iter().find(|(k, _)| *k == key) else {
+        let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown key {key}; the keys are {}",
+            known.join(", ")
+        ));
+    };
+    let mut one = toml::Table::new();
+    one.insert(key.to_string(), value.clone());
+    let config = match Config::deserialize(toml::Value::Table(one)) {
+        Ok(config) => config,
+        // Entries are checked field by field; their own message names it.
+        Err(e) if key == "port_forward" => return Err(format!("port_forward: {}", e.message())),
+        Err(_) => return Err(format!("{key} = {}: use {allowed}", shown(value))),
+    };
+    let too_small = match key {
+        "memory" => config.memory < 128 << 20,
+        "cpus" => config.cpus == 0,
+        "disk_size" => config.disk_size < MIN_DISK_SIZE,
+        "boot_timeout" => config.boot_timeout < Duration::from_secs(1),
+        "idle_timeout" => config
+            .idle_timeout
+            .is_some_and(|t| t < Duration::from_secs(1)),
+        _ => false,
+    };
+    if too_small {
+        return Err(format!(
+            "{key} = {} is too small: use {allowed}",
+            shown(value)
+        ));
+    }
+    Ok(())
+}
+
+/// A value as written in TOML, on one line.
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Table(_) => "a table".into(),
+        toml::Value::Array(_) => "an array".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a configured path is not what it should be.
+fn missing_or_kind(path: &Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Err(_) => "no such file or directory",
+        Ok(m) if m.is_dir() => "it is a directory",
+        Ok(_) => "it is not a directory",
+    }
 }
 
 #[derive(Deserialize)]
@@ -393,6 +503,73 @@ mod tests {
         assert!(Config::parse("backend = \"vmware\"\n")
             .unwrap_err()
             .contains("vmware"));
+    }
+
+    #[test]
+    fn each_bad_value_is_one_line_naming_key_value_and_what_is_allowed() {
+        let cases = [
+            (
+                "boot_timeout = \"0s\"",
+                "boot_timeout = \"0s\"",
+                "at least 1s",
+            ),
+            ("disk_size = \"1K\"", "disk_size = \"1K\"", "at least 1G"),
+            ("cpus = \"many\"", "cpus = \"many\"", "whole number"),
+            ("memory = true", "memory = true", "a size such as"),
+            (
+                "idle_timeout = \"soon\"",
+                "idle_timeout = \"soon\"",
+                "never",
+            ),
+            ("backend = \"vmware\"", "backend = \"vmware\"", "\"qemu\""),
+            (
+                "port_forwarding = 1",
+                "port_forwarding = 1",
+                "true or false",
+            ),
+            ("memroy = 1", "unknown key memroy", "memory, cpus"),
+        ];
+        for (text, names, allowed) in cases {
+            let err = Config::parse(text).unwrap_err();
+
+            assert!(err.contains(names), "{text}: {err}");
+            assert!(err.contains(allowed), "{text}: {err}");
+            assert_eq!(err.lines().count(), 1, "{text}: {err}");
+            assert!(!err.contains("untagged enum"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_kernel_and_modules_paths_are_refused_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let cases = [
+            (
+                "kernel = \"/nonexistent/bzImage\"\n",
+                "kernel = \"/nonexistent/bzImage\": no such",
+            ),
+            ("kernel = \"/\"\n", "kernel = \"/\": it is a directory"),
+            (
+                "modules = \"/nonexistent/6.1\"\n",
+                "modules = \"/nonexistent/6.1\": no such",
+            ),
+        ];
+        for (text, needle) in cases {
+            std::fs::write(&path, text).unwrap();
+
+            let err = Config::load(&path).unwrap_err().to_string();
+
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_path_that_is_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+
+        assert!(err.contains("it is a directory"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod agent_client;
 mod commands;
 mod config;
 mod exec;
+mod export_output;
 mod guest;
 mod ide;
 mod install;

@@ -12,9 +12,13 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::agent_client::{self, AgentAddr, ClientError};
+use crate::export_output::{OutputError, Target};
 
 /// Bytes per `Data` frame.
 const CHUNK: usize = 256 * 1024;
+
+/// How long the agent's reply may take after it stopped reading a stream.
+const REPLY_AFTER_SEND_ERROR: Duration = Duration::from_secs(5);
 
 /// Failure of an import or export.
 #[derive(Debug, Error)]
@@ -33,6 +37,9 @@ pub enum TransferError {
     /// The agent side failed.
     #[error(transparent)]
     Agent(#[from] ClientError),
+    /// The export target is refused or cannot be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 /// Progress line on stderr, shown only when stderr is a terminal.
@@ -160,10 +167,18 @@ pub async fn import(
     // wins over a send that fails because it stopped reading.
     let mut keep_sink = None;
     let answer = tokio::select! {
-        sent = &mut sender => {
-            keep_sink = Some(sent?);
-            source.next().await
-        }
+        sent = &mut sender => match sent {
+            Ok(sink) => {
+                keep_sink = Some(sink);
+                source.next().await
+            }
+            // The agent closed while we still sent: its reason is waiting
+            // to be read (or the connection is gone, and the send error says so).
+            Err(send_error) => match tokio::time::timeout(REPLY_AFTER_SEND_ERROR, source.next()).await {
+                Ok(Some(Ok(Frame::Response(reply)))) => Some(Ok(Frame::Response(reply))),
+                _ => return Err(send_error),
+            },
+        },
         early = source.next() => early,
     };
     drop(keep_sink);
@@ -190,20 +205,17 @@ pub fn compression_for(path: &Path) -> Compression {
     }
 }
 
-/// Exports distro `name` to `file` (or stdout for `-`). A file is written
-/// under a temporary name and renamed when complete, so a failed export
-/// never leaves a partial archive behind.
+/// Exports distro `name` to `file` (or stdout for `-`); see
+/// [`crate::export_output`] for how each kind of target is written. A
+/// regular file is replaced only by a complete archive.
 pub async fn export(
     agent: &AgentAddr,
     name: &str,
     file: &Path,
     compression: Compression,
 ) -> Result<u64, TransferError> {
-    let to_stdout = file == Path::new("-");
-    let tmp = file.with_file_name(format!(
-        ".{}.partial",
-        file.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    // Refuse a target that must not be written before the agent starts.
+    let target = Target::choose(file)?;
     let file_err = |action, path: &Path| {
         let path = path.to_path_buf();
         move |source| TransferError::File {
@@ -223,15 +235,12 @@ pub async fn export(
     if resp != Response::Ready {
         return Err(ClientError::Unexpected(format!("{resp:?}")).into());
     }
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
-        Box::new(tokio::io::stdout())
-    } else {
-        Box::new(
-            tokio::fs::File::create(&tmp)
-                .await
-                .map_err(file_err("create", &tmp))?,
-        )
-    };
+    // Opening a FIFO waits for its reader.
+    let output = tokio::task::spawn_blocking(move || target.open())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(file_err("open", file))??;
+    let mut out = tokio::fs::File::from_std(output.writer().map_err(file_err("open", file))?);
     let mut progress = Progress::new("exporting", None);
     let result = async {
         loop {
@@ -256,17 +265,13 @@ pub async fn export(
     }
     .await;
     progress.finish();
-    if to_stdout {
-        return result.map(|()| progress.done);
-    }
-    if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
+    // An uncommitted temporary file is removed when `output` is dropped.
+    result?;
     drop(out);
-    tokio::fs::rename(&tmp, file)
+    tokio::task::spawn_blocking(move || output.commit())
         .await
-        .map_err(file_err("rename into place", file))?;
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(file_err("rename into place", file))??;
     Ok(progress.done)
 }
 

@@ -224,6 +224,25 @@ impl Fetcher {
                 partial
             }
         };
+        let result = self.download_into(url, expected, dir, &partial);
+        // A request that failed before any byte arrived (refused, HTTP
+        // 404) leaves nothing behind; a partial file with bytes is kept
+        // for the next attempt to continue.
+        if result.is_err() && fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+            remove_quietly(&partial);
+        }
+        result
+    }
+
+    /// The transfer attempts of [`Self::download`] into `partial`.
+    fn download_into(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+        dir: &Path,
+        partial: &Path,
+    ) -> Result<CachedFile, DownloadError> {
+        let partial = partial.to_path_buf();
         let mut attempts = 0;
         let mut restarted_after_mismatch = false;
         loop {

@@ -309,6 +309,11 @@ fn not_found_is_one_clear_error_with_the_status() {
         "{line}"
     );
     assert!(!line.contains('\n'), "{line}");
+    assert_eq!(
+        files_in(&f.downloads()),
+        Vec::<String>::new(),
+        "no empty .partial left"
+    );
 }
 
 #[test]
@@ -325,6 +330,11 @@ fn server_error_status_is_reported() {
     let err = f.fetch(None).unwrap_err();
 
     assert!(chain(&err).contains("HTTP 503"), "{}", chain(&err));
+    assert_eq!(
+        files_in(&f.downloads()),
+        Vec::<String>::new(),
+        "no empty .partial left"
+    );
 }
 
 #[test]
@@ -346,6 +356,11 @@ fn connection_refused_is_reported() {
         "{line}"
     );
     assert!(line.contains("refused"), "{line}");
+    assert_eq!(
+        files_in(&cache.path().join("downloads")),
+        Vec::<String>::new(),
+        "no empty .partial left"
+    );
 }
 
 #[test]

@@ -158,3 +158,44 @@ fn mmdebstrap_builds_bookworm_and_caches_it() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The entry names of a plain tar, without a leading `./`.
+fn names_in_tar(path: &Path) -> Vec<String> {
+    let mut tar = tar::Archive::new(fs::File::open(path).unwrap());
+    tar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            name.trim_start_matches("./").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn builtin_debian_has_the_everyday_tools() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED builtin_debian_has_the_everyday_tools: {reason}");
+        return;
+    }
+    let catalog = Catalog::builtin();
+    let release = catalog.resolve("debian:12").unwrap();
+    let options = AcquireOptions {
+        refresh: false,
+        progress: ProgressMode::Log,
+    };
+
+    let tarball = acquire(release, &cache_dir(), &options).unwrap();
+
+    let names = names_in_tar(&tarball.path);
+    for tool in [
+        "usr/bin/ps",
+        "usr/bin/free",
+        "usr/bin/less",
+        "usr/bin/sudo",
+        "usr/bin/man",
+        "etc/ssl/certs/ca-certificates.crt",
+    ] {
+        assert!(names.iter().any(|n| n == tool), "{tool} is missing");
+    }
+}

@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LinesCodec};
 
 use super::wire::{FromManager, ManagerStatus, ToManager};
-use super::{check_owner, manager_log, manager_socket, OwnerError, MAX_LINE};
+use super::{check_owner, data_lock, manager_log, manager_socket, OwnerError, MAX_LINE};
 use crate::agent_client::AgentAddr;
 use crate::vm::control;
 use crate::vm::state;
@@ -53,6 +53,9 @@ pub enum ManagerClientError {
     /// The manager answered out of turn.
     #[error("the distroctl manager sent an unexpected answer: {0}")]
     Unexpected(String),
+    /// Another session runs the VM on this data disk.
+    #[error(transparent)]
+    OtherSession(data_lock::OtherSession),
     /// The manager reported a failure; the text is the whole error.
     #[error("{0}")]
     Failed(String),
@@ -202,15 +205,14 @@ async fn connect_or_start() -> Result<Conn, ManagerClientError> {
     };
     paths.create().map_err(spawn_err(&paths.dir))?;
     check_owner(&paths.dir)?;
+    if let Some(other) = data_lock::other_session(&paths) {
+        return Err(ManagerClientError::OtherSession(other));
+    }
     let log = manager_log();
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(spawn_err(dir))?;
+        crate::paths::private_dir(dir).map_err(spawn_err(dir))?;
     }
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(spawn_err(&log))?;
+    let log_file = crate::paths::create_private(&log, true).map_err(spawn_err(&log))?;
     let exe = std::env::current_exe().map_err(spawn_err(std::path::Path::new("/proc/self/exe")))?;
     let mut cmd = Command::new(&exe);
     cmd.arg("daemon")
@@ -238,6 +240,11 @@ async fn connect_or_start() -> Result<Conn, ManagerClientError> {
         // failure only when no manager holds the lock.
         let exited = matches!(child.try_wait(), Ok(Some(_)));
         let nobody = exited && matches!(state::try_lock(&super::manager_lock(&paths)), Ok(Some(_)));
+        if exited {
+            if let Some(other) = data_lock::other_session(&paths) {
+                return Err(ManagerClientError::OtherSession(other));
+            }
+        }
         if nobody || Instant::now() >= deadline {
             return Err(ManagerClientError::NotStarted {
                 tail: state::log_tail(&log, 10),

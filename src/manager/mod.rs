@@ -3,6 +3,7 @@
 //! them ([`wire`]).
 
 pub mod client;
+pub mod data_lock;
 pub mod server;
 pub mod wire;
 

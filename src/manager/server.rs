@@ -22,6 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tokio_util::codec::{Framed, LinesCodec};
 
+use super::data_lock::{self, OtherSession};
 use super::wire::{FromManager, ManagerStatus, ToManager};
 use super::{check_owner, manager_lock, manager_socket, OwnerError, MAX_LINE};
 use crate::agent_client;
@@ -55,6 +56,9 @@ pub enum DaemonError {
     /// The runtime directory belongs to someone else.
     #[error(transparent)]
     Owner(#[from] OwnerError),
+    /// Another session runs the VM on this data disk.
+    #[error(transparent)]
+    OtherSession(OtherSession),
 }
 
 /// The VM as the manager knows it.
@@ -107,6 +111,22 @@ pub fn run() -> Result<(), DaemonError> {
     };
     // The lock file names the manager's process (for people and tests).
     let _ = std::fs::write(&lock_path, format!("{}\n", std::process::id()));
+    // Another session may run the VM on the same data disk; it is left
+    // alone. (A command of that session may be looking at the lock for a
+    // moment, hence the short retry.)
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let _data_lock = loop {
+        let data_err = |source| DaemonError::Runtime {
+            path: data_lock::path(),
+            source,
+        };
+        match data_lock::acquire(&paths).map_err(data_err)? {
+            Ok(lock) => break lock,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(other) => return Err(DaemonError::OtherSession(other)),
+        }
+    };
+    data_lock::tighten_existing_files();
     let socket = manager_socket(&paths);
     let _ = std::fs::remove_file(&socket);
     let runtime = tokio::runtime::Runtime::new().map_err(|source| DaemonError::Runtime {

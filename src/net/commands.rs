@@ -46,7 +46,16 @@ pub fn ports() {
                 "No ports are forwarded: nothing listens on localhost or all addresses in the VM"
             )
         }
-        Some(state) => print!("{}", forward_table::render(&state.forwards)),
+        Some(state) => {
+            print!("{}", forward_table::render(&state.forwards));
+            if state.over_limit > 0 {
+                eprintln!(
+                    "{} more listening ports are not forwarded: at most {} are",
+                    state.over_limit,
+                    forward::MAX_FORWARDED_PORTS
+                );
+            }
+        }
     }
 }
 

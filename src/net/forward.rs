@@ -10,7 +10,7 @@
 //! jumps against its monotonic clock (the host was suspended, or its time
 //! was set), it opens one connection whose hello carries the host's time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +32,11 @@ const CLOCK_CHECK: Duration = Duration::from_secs(5);
 /// or a clock change.
 const CLOCK_JUMP: Duration = Duration::from_secs(2);
 
+/// Most guest ports forwarded at once (two host listeners each). Distros
+/// share the VM's network, so one distro listening on thousands of ports
+/// would otherwise exhaust the manager's open files for everyone.
+pub const MAX_FORWARDED_PORTS: usize = 256;
+
 /// How the forwarder behaves.
 #[derive(Debug, Clone)]
 pub struct ForwardOptions {
@@ -43,6 +48,8 @@ pub struct ForwardOptions {
     pub state_file: Option<PathBuf>,
     /// Ports kept off the host or moved to another host port.
     pub rules: Vec<PortRule>,
+    /// Most guest ports forwarded at once.
+    pub max_ports: usize,
 }
 
 impl Default for ForwardOptions {
@@ -55,6 +62,7 @@ impl Default for ForwardOptions {
             reconnect_delay: Duration::from_secs(1),
             state_file: None,
             rules: Vec::new(),
+            max_ports: MAX_FORWARDED_PORTS,
         }
     }
 }
@@ -78,6 +86,7 @@ pub async fn run(agent: AgentAddr, options: ForwardOptions, table: SharedForward
         options,
         table,
         listeners: HashMap::new(),
+        over_limit: BTreeSet::new(),
         clock: ClockWatch::new(),
     };
     loop {
@@ -95,6 +104,8 @@ struct Forwarder {
     options: ForwardOptions,
     table: SharedForwardTable,
     listeners: HashMap<u16, Vec<JoinHandle<()>>>,
+    /// Guest ports listening beyond `max_ports`, not forwarded.
+    over_limit: BTreeSet<u16>,
     clock: ClockWatch,
 }
 
@@ -155,7 +166,18 @@ impl Forwarder {
             }
             PortAction::HostPort(port) => port,
         };
-        let bound = match bind(wanted, &self.options.host_addresses).await {
+        if self.listeners.len() >= self.options.max_ports {
+            if self.over_limit.is_empty() {
+                tracing::warn!(
+                    guest_port,
+                    "the VM listens on more than {} ports; guest port {guest_port} and further ones are not forwarded",
+                    self.options.max_ports
+                );
+            }
+            self.over_limit.insert(guest_port);
+            return;
+        }
+        let (bound, refused) = match bind(wanted, &self.options.host_addresses).await {
             Ok(bound) => bound,
             Err(e) => {
                 tracing::warn!(guest_port, error = %e, "cannot listen on the host for guest port");
@@ -172,11 +194,21 @@ impl Forwarder {
         if forward.is_none() {
             return;
         }
+        if refused == Some(Refusal::PermissionDenied) {
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .mark_permission_denied(guest_port);
+        }
         if host_port != wanted {
+            let why = match refused {
+                Some(Refusal::PermissionDenied) => "permission denied (a privileged port)",
+                _ => "taken",
+            };
             tracing::warn!(
                 guest_port,
                 host_port,
-                "host port {wanted} is taken; guest port {guest_port} is forwarded on localhost:{host_port}"
+                "host port {wanted}: {why}; guest port {guest_port} is forwarded on localhost:{host_port}"
             );
         } else if host_port != guest_port {
             tracing::info!(
@@ -197,6 +229,7 @@ impl Forwarder {
     }
 
     fn close(&mut self, guest_port: u16) {
+        self.over_limit.remove(&guest_port);
         if let Some(tasks) = self.listeners.remove(&guest_port) {
             tracing::info!(guest_port, "guest port closed; forward stopped");
             for task in tasks {
@@ -211,6 +244,7 @@ impl Forwarder {
             self.close(port);
         }
         self.listeners.clear();
+        self.over_limit.clear();
         self.publish();
     }
 
@@ -227,6 +261,7 @@ impl Forwarder {
         let state = ForwardState {
             pid: std::process::id(),
             forwards,
+            over_limit: self.over_limit.len(),
         };
         if let Err(e) = state.write(path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the forward state");
@@ -247,24 +282,44 @@ fn local_port(listener: &TcpListener) -> u16 {
     listener.local_addr().map_or(0, |a| a.port())
 }
 
+/// Why the wanted host port could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Something else listens on it.
+    Taken,
+    /// A privileged port, and the manager may not bind it.
+    PermissionDenied,
+}
+
+impl Refusal {
+    /// The refusals that a free port replaces; other errors are failures.
+    fn of(e: &std::io::Error) -> Option<Refusal> {
+        match e.kind() {
+            std::io::ErrorKind::AddrInUse => Some(Refusal::Taken),
+            std::io::ErrorKind::PermissionDenied => Some(Refusal::PermissionDenied),
+            _ => None,
+        }
+    }
+}
+
+type Bound = Vec<(IpAddr, TcpListener)>;
+
 /// Listens on `port` at the first address, or on a free port when that is
 /// taken (or privileged), then on the same port at the others where
-/// possible.
-async fn bind(port: u16, addresses: &[IpAddr]) -> std::io::Result<Vec<(IpAddr, TcpListener)>> {
+/// possible. Says why the wanted port was not used.
+async fn bind(port: u16, addresses: &[IpAddr]) -> std::io::Result<(Bound, Option<Refusal>)> {
     let Some((&first, rest)) = addresses.split_first() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
-    let listener = match TcpListener::bind(SocketAddr::new(first, port)).await {
-        Ok(l) => l,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            TcpListener::bind(SocketAddr::new(first, 0)).await?
-        }
-        Err(e) => return Err(e),
+    let (listener, refused) = match TcpListener::bind(SocketAddr::new(first, port)).await {
+        Ok(l) => (l, None),
+        Err(e) => match Refusal::of(&e) {
+            Some(refusal) => (
+                TcpListener::bind(SocketAddr::new(first, 0)).await?,
+                Some(refusal),
+            ),
+            None => return Err(e),
+        },
     };
     let host_port = local_port(&listener);
     let mut bound = vec![(first, listener)];
@@ -276,7 +331,7 @@ async fn bind(port: u16, addresses: &[IpAddr]) -> std::io::Result<Vec<(IpAddr, T
             }
         }
     }
-    Ok(bound)
+    Ok((bound, refused))
 }
 
 async fn accept_loop(listener: TcpListener, agent: AgentAddr, guest_port: u16) {
@@ -353,6 +408,7 @@ fn clock_jumped(mono: Duration, real: Option<Duration>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn clock_jump_needs_more_than_the_threshold() {
@@ -368,11 +424,12 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
 
-        let bound = bind(port, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        let (bound, refused) = bind(port, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
             .await
             .unwrap();
 
         let host_port = local_port(&bound[0].1);
+        assert_eq!(refused, Some(Refusal::Taken));
         assert_ne!(host_port, port);
         assert_ne!(host_port, 0);
     }
@@ -383,10 +440,66 @@ mod tests {
         let port = probe.local_addr().unwrap().port();
         drop(probe);
 
-        let bound = bind(port, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        let (bound, refused) = bind(port, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
             .await
             .unwrap();
 
         assert_eq!(local_port(&bound[0].1), port);
+        assert_eq!(refused, None);
+    }
+
+    #[test]
+    fn privileged_port_refusal_is_permission_denied_not_taken() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let other = std::io::Error::from(std::io::ErrorKind::InvalidInput);
+
+        assert_eq!(Refusal::of(&denied), Some(Refusal::PermissionDenied));
+        assert_eq!(Refusal::of(&in_use), Some(Refusal::Taken));
+        assert_eq!(Refusal::of(&other), None);
+    }
+
+    #[tokio::test]
+    async fn ports_beyond_the_limit_are_not_opened_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_file = dir.path().join("ports.json");
+        let mut forwarder = Forwarder {
+            agent: AgentAddr::Unix(dir.path().join("no-agent.sock")),
+            options: ForwardOptions {
+                host_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                state_file: Some(state_file.clone()),
+                max_ports: 2,
+                ..Default::default()
+            },
+            table: Arc::default(),
+            listeners: HashMap::new(),
+            over_limit: BTreeSet::new(),
+            clock: ClockWatch::new(),
+        };
+        let event = |change, port| Response::PortEvent {
+            change,
+            listener: protocol::Listener {
+                address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+            },
+        };
+
+        for port in [41001, 41002, 41003, 41004, 41005] {
+            forwarder
+                .event(event(PortChange::Appeared, port))
+                .await
+                .unwrap();
+        }
+        let crowded = ForwardState::read_live(&state_file).unwrap();
+        forwarder
+            .event(event(PortChange::Disappeared, 41005))
+            .await
+            .unwrap();
+        let after_one_left = ForwardState::read_live(&state_file).unwrap();
+
+        assert_eq!(forwarder.listeners.len(), 2);
+        assert_eq!(crowded.forwards.len(), 2);
+        assert_eq!(crowded.over_limit, 3);
+        assert_eq!(after_one_left.over_limit, 2);
     }
 }

@@ -28,6 +28,10 @@ pub struct Forward {
     pub host_port: u16,
     /// The host addresses bound (127.0.0.1 and, where available, ::1).
     pub host_addresses: Vec<IpAddr>,
+    /// The wanted host port was refused for lack of privileges (a port
+    /// below 1024), not because something else has it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permission_denied: bool,
 }
 
 impl Forward {
@@ -112,9 +116,17 @@ impl ForwardTable {
             wanted_port,
             host_port,
             host_addresses,
+            permission_denied: false,
         };
         self.open.insert(guest_port, forward.clone());
         Some(forward)
+    }
+
+    /// Notes that the host refused the wanted port for lack of privileges.
+    pub fn mark_permission_denied(&mut self, guest_port: u16) {
+        if let Some(forward) = self.open.get_mut(&guest_port) {
+            forward.permission_denied = true;
+        }
     }
 
     /// Forgets every port (the agent went away); returns the open ones.
@@ -136,6 +148,10 @@ pub struct ForwardState {
     pub pid: u32,
     /// The forwards.
     pub forwards: Vec<Forward>,
+    /// Guest ports listening but not forwarded because the forwarder
+    /// serves at most [`super::forward::MAX_FORWARDED_PORTS`].
+    #[serde(default)]
+    pub over_limit: usize,
 }
 
 impl ForwardState {
@@ -143,7 +159,7 @@ impl ForwardState {
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
+        std::io::Write::write_all(&mut crate::paths::create_private(&tmp, false)?, &json)?;
         std::fs::rename(tmp, path)
     }
 
@@ -162,7 +178,9 @@ pub fn render(forwards: &[Forward]) -> String {
     let mut out = format!("{:<22} {:<10} {}\n", "HOST", "GUEST", "GUEST ADDRESSES");
     for f in forwards {
         let guest: Vec<String> = f.guest_addresses.iter().map(|a| a.to_string()).collect();
-        let note = if f.moved() {
+        let note = if f.moved() && f.permission_denied {
+            format!("  (port {}: permission denied on the host)", f.wanted_port)
+        } else if f.moved() {
             format!("  (port {} taken on the host)", f.wanted_port)
         } else if f.host_port != f.guest_port {
             "  (port_forward rule)".to_owned()
@@ -265,6 +283,7 @@ mod tests {
         let mut state = ForwardState {
             pid: std::process::id(),
             forwards: Vec::new(),
+            over_limit: 0,
         };
         state.write(&path).unwrap();
         assert_eq!(ForwardState::read_live(&path), Some(state.clone()));
@@ -273,5 +292,21 @@ mod tests {
         state.write(&path).unwrap();
 
         assert_eq!(ForwardState::read_live(&path), None);
+    }
+
+    #[test]
+    fn refused_privileged_port_is_shown_as_permission_denied() {
+        let mut table = ForwardTable::default();
+        table.appeared(at("0.0.0.0", 80));
+        table.opened(80, 80, 41000, localhost());
+
+        table.mark_permission_denied(80);
+        let text = render(&table.snapshot());
+
+        assert!(
+            text.contains("port 80: permission denied on the host"),
+            "{text}"
+        );
+        assert!(!text.contains("taken"), "{text}");
     }
 }

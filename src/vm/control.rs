@@ -178,6 +178,8 @@ pub async fn boot(
     if console.exists() {
         let _ = std::fs::rename(&console, console.with_extension("log.old"));
     }
+    // Created here, private, so the monitor writes into a 0600 file.
+    crate::paths::create_private(&console, false).map_err(runtime_err(&console))?;
     let pvm_guest_kernel = match config.kvm_flavor {
         KvmFlavor::Pvm => true,
         KvmFlavor::Vmx => false,
@@ -212,8 +214,8 @@ pub async fn boot(
         kernel.version
     ));
 
-    let runner_log =
-        std::fs::File::create(paths.runner_log()).map_err(runtime_err(&paths.runner_log()))?;
+    let runner_log = crate::paths::create_private(&paths.runner_log(), false)
+        .map_err(runtime_err(&paths.runner_log()))?;
     let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("vm-run")

@@ -36,6 +36,11 @@ pub enum DataDiskError {
 /// it is built under a temporary name and renamed when complete.
 pub fn ensure(path: &Path, size: u64) -> Result<bool, DataDiskError> {
     if path.exists() {
+        // Images made before disks were private are tightened.
+        crate::paths::private_file(path).map_err(|source| DataDiskError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         return Ok(false);
     }
     let create_err = |source| DataDiskError::Create {
@@ -43,10 +48,11 @@ pub fn ensure(path: &Path, size: u64) -> Result<bool, DataDiskError> {
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(create_err)?;
+        crate::paths::private_dir(dir).map_err(create_err)?;
     }
     let tmp = path.with_extension("img.partial");
-    let file = std::fs::File::create(&tmp).map_err(create_err)?;
+    // 0600: the disk holds every distro's files.
+    let file = crate::paths::create_private(&tmp, false).map_err(create_err)?;
     file.set_len(size).map_err(create_err)?;
     drop(file);
     let out = Command::new("mkfs.ext4")
@@ -97,6 +103,7 @@ mod tests {
 
         let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 8 << 30);
+        assert_eq!(meta.mode() & 0o777, 0o600, "private to the user");
         assert!(meta.blocks() * 512 < 256 << 20, "image is not sparse");
         let mut magic = [0u8; 2];
         std::os::unix::fs::FileExt::read_exact_at(

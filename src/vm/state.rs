@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -22,12 +22,10 @@ impl VmPaths {
         VmPaths { dir }
     }
 
-    /// Creates the directory, private to the user.
+    /// Creates the directory, private to the user (an existing one is
+    /// tightened to 0700).
     pub fn create(&self) -> io::Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
+        crate::paths::private_dir(&self.dir)
     }
 
     /// Held (exclusive flock) by the runner for the VM's whole life.
@@ -92,9 +90,9 @@ impl VmState {
     /// Writes `vm.json` atomically.
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+        io::Write::write_all(
+            &mut crate::paths::create_private(&tmp, false)?,
+            &serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
         )?;
         std::fs::rename(tmp, path)
     }

@@ -196,7 +196,8 @@ pub trait Cli {
     }
 
     /// Runs `distroctl ARGS` with `data` on stdin (closed at its end) and
-    /// returns the output.
+    /// returns the output. The command may stop reading early (a refused
+    /// import); what it did then is in the output.
     fn pipe_through(&self, args: &[&str], data: &[u8]) -> Output {
         let mut child = self
             .cli()
@@ -208,8 +209,9 @@ pub trait Cli {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let input = data.to_vec();
-        let writer =
-            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+        let writer = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
         let out = child.wait_with_output().unwrap();
         writer.join().unwrap();
         out

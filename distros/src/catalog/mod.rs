@@ -255,6 +255,25 @@ mod tests {
     }
 
     #[test]
+    fn builtin_debian_has_what_every_debian_user_expects() {
+        let catalog = Catalog::builtin();
+
+        for name in ["debian:12", "debian:13"] {
+            let release = catalog.resolve(name).unwrap();
+            let Source::Mmdebstrap(recipe) = release.source() else {
+                panic!("{name} should be built with mmdebstrap");
+            };
+            for package in ["sudo", "ca-certificates", "procps", "less", "man-db"] {
+                assert!(
+                    recipe.include.iter().any(|p| p == package),
+                    "{name} lacks {package}: {:?}",
+                    recipe.include
+                );
+            }
+        }
+    }
+
+    #[test]
     fn resolve_name_gives_default_release() {
         let catalog = Catalog::builtin();
 
