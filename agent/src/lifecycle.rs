@@ -9,16 +9,18 @@ use std::time::Duration;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protocol::{DistroInfo, DistroState, ErrorKind, NetworkMode, Response};
+use protocol::{DistroInfo, DistroSettings, DistroState, ErrorKind, NetworkMode, Response};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{watch, Mutex};
 
 use crate::cgroup::{Cgroups, DistroCgroup};
-use crate::distro_init::READY_LINE;
+use crate::distro_init::{DistroInitConfig, READY_LINE, REAPER_COMM, ROLE_ENV};
+use crate::distro_root::{off_runtime, DistroRoot};
 use crate::isolated_net::IsolatedNetworks;
 use crate::namespaces::spawn_as_pid1;
+use crate::settings_check::{check_against_root, SettingsError};
 use crate::store::{disk_usage, Store, StoreError};
 
 /// How long a distro may take to set itself up before start fails.
@@ -50,6 +52,9 @@ pub enum LifecycleError {
         /// What its PID 1 printed.
         message: String,
     },
+    /// A setting given to `configure` or `import` cannot be used.
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
     /// Its processes did not go away.
     #[error("distro {0} did not stop within {TERMINATE_TIMEOUT:?}")]
     StopTimeout(String),
@@ -62,8 +67,10 @@ impl LifecycleError {
             LifecycleError::Store(e) => return store_error_response(e),
             LifecycleError::Spawn { .. } | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
             LifecycleError::StopTimeout(_) => ErrorKind::Internal,
+            LifecycleError::Settings(SettingsError::NoSuchUser { .. }) => ErrorKind::NoSuchUser,
+            LifecycleError::Settings(_) => ErrorKind::BadRequest,
         };
-        Response::error(kind, self.to_string())
+        Response::error(kind, crate::error_chain(self))
     }
 }
 
@@ -202,23 +209,22 @@ impl Distros {
             source,
         };
 
+        let init_config = serde_json::to_vec(&DistroInitConfig {
+            name: name.to_string(),
+            rootfs: rootfs.clone(),
+            systemd: settings.systemd,
+            cgroup: cgroup.is_some(),
+            resolv_conf: String::new(),
+        })
+        .expect("settings serialise");
         let mut cmd = Command::new(&self.agent_exe);
-        cmd.arg("distro-init")
-            .arg("--name")
-            .arg(name)
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .stdin(std::process::Stdio::null())
+        cmd.arg0(REAPER_COMM)
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .env_clear()
+            .env(ROLE_ENV, "1")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        if settings.systemd {
-            cmd.arg("--systemd");
-        }
-        if cgroup.is_some() {
-            cmd.arg("--cgroup");
-        }
         let procs = match &cgroup {
             Some(g) => Some(
                 std::fs::OpenOptions::new()
@@ -286,6 +292,10 @@ impl Distros {
             }
         }
 
+        // A few hundred bytes: they fit the pipe, so this never waits.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, &init_config).await;
+        }
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let mut line = String::new();
@@ -361,6 +371,40 @@ impl Distros {
             .await
             .map_err(|_| LifecycleError::StopTimeout(name.to_string()))?;
         tracing::info!(distro = name, "distro terminated");
+        Ok(())
+    }
+
+    /// Checks `settings` against the distro and stores them. The default
+    /// user applies from the next exec, limits at once when the distro runs
+    /// (and has a cgroup), the init and network from its next start.
+    pub async fn configure(
+        &self,
+        name: &str,
+        settings: DistroSettings,
+    ) -> Result<(), LifecycleError> {
+        let rootfs = self.store.rootfs(name)?;
+        let running = self.running(name).await;
+        // A running distro's own view (its mounts included); else its files.
+        let root = match &running {
+            Some(r) => PathBuf::from(format!("/proc/{}/root", r.pid1)),
+            None => rootfs,
+        };
+        let checked = settings.clone();
+        let distro = name.to_string();
+        off_runtime(name, move || {
+            let root = DistroRoot::open(&distro, &root)?;
+            Ok(check_against_root(&root, &checked))
+        })
+        .await
+        .map_err(SettingsError::from)??;
+        self.store.set_settings(name, &settings)?;
+        if let (Some(cgroups), Some(r)) = (&self.cgroups, &running) {
+            if r.cgroup.is_some() {
+                if let Err(e) = cgroups.create(name, &settings.limits) {
+                    tracing::warn!(distro = name, error = %crate::error_chain(&e), "new limits not applied");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -232,12 +232,11 @@ impl Agent {
                 Ok(distros) => Response::Distros { distros },
                 Err(e) => e.to_response(),
             },
-            Request::Configure { name, settings } => {
-                match distros.store.set_settings(&name, &settings) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => crate::lifecycle::store_error_response(&e),
-                }
-            }
+            Request::Configure { name, settings } => match distros.configure(&name, settings).await
+            {
+                Ok(()) => Response::Ok,
+                Err(e) => e.to_response(),
+            },
             Request::Unregister { name } => match distros.unregister(&name).await {
                 Ok(()) => Response::Ok,
                 Err(e) => e.to_response(),

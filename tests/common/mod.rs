@@ -97,6 +97,18 @@ impl TestAgent {
         self.child.id()
     }
 
+    /// True while the agent process the test started still runs (it was
+    /// neither killed nor replaced).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    }
+
     /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
