@@ -16,8 +16,13 @@ use tokio_util::codec::Framed;
 
 use crate::lifecycle::Distros;
 
-/// How long a new connection may take to send its hello.
+/// How long a new connection may take to send its hello and its request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections that may be between accept and their request at once
+/// (unauthenticated: they have said nothing yet). More wait for a slot,
+/// within their own handshake time; the accept loop itself never waits.
+pub const MAX_HANDSHAKING: usize = 128;
 
 /// Any byte stream a client can reach the agent over.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -84,6 +89,7 @@ pub struct ListenError {
 /// The agent's shared state.
 pub struct Agent {
     distros: Arc<Distros>,
+    handshaking: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -93,6 +99,7 @@ impl Agent {
     pub fn new(distros: Arc<Distros>) -> Arc<Self> {
         Arc::new(Agent {
             distros,
+            handshaking: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING)),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         })
@@ -145,9 +152,39 @@ impl Agent {
     }
 
     async fn handle(self: Arc<Self>, mut conn: Connection) {
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await;
-        match first {
-            Ok(Some(Ok(Frame::Hello(hello)))) if hello.magic == HELLO_MAGIC => {
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let slot = tokio::time::timeout_at(deadline, Arc::clone(&self.handshaking).acquire_owned());
+        let Ok(Ok(_slot)) = slot.await else {
+            tracing::warn!(
+                "closing connection: {MAX_HANDSHAKING} others are still in their handshake"
+            );
+            return;
+        };
+        let request = match tokio::time::timeout_at(deadline, self.handshake(&mut conn)).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "closing connection: no hello and request within {HANDSHAKE_TIMEOUT:?}"
+                );
+                return;
+            }
+        };
+        drop(_slot);
+        tracing::debug!(?request, "request");
+        if self.shutting_down.load(Ordering::SeqCst) {
+            let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+        self.dispatch(conn, request).await;
+    }
+
+    /// Hello both ways, then the one request; `None` when the connection
+    /// ended or was refused (and answered where that helps).
+    async fn handshake(&self, conn: &mut Connection) -> Option<Request> {
+        match conn.next().await {
+            Some(Ok(Frame::Hello(hello))) if hello.magic == HELLO_MAGIC => {
                 if hello.protocol != PROTOCOL_VERSION {
                     let msg = format!(
                         "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION}); update distroctl",
@@ -159,50 +196,39 @@ impl Agent {
                             msg,
                         )))
                         .await;
-                    return;
+                    return None;
                 }
                 crate::clock::follow_host(hello.wall_clock.as_ref());
                 let reply = Hello::new(concat!("distroctl-agent ", env!("CARGO_PKG_VERSION")));
                 if conn.send(Frame::Hello(reply)).await.is_err() {
-                    return;
+                    return None;
                 }
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad handshake bytes");
-                return;
+                return None;
             }
-            Ok(Some(Ok(other))) => {
+            Some(Ok(other)) => {
                 tracing::warn!(kind = ?other.kind(), "closing connection: expected hello");
-                return;
+                return None;
             }
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!("closing connection: no hello within {HANDSHAKE_TIMEOUT:?}");
-                return;
-            }
+            None => return None,
         }
-        let request = match conn.next().await {
-            Some(Ok(Frame::Request(r))) => r,
+        match conn.next().await {
+            Some(Ok(Frame::Request(r))) => Some(r),
             Some(Ok(other)) => {
                 let msg = format!("expected a request, got a {:?} frame", other.kind());
                 let _ = conn
                     .send(Frame::Response(Response::error(ErrorKind::BadRequest, msg)))
                     .await;
-                return;
+                None
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad request bytes");
-                return;
+                None
             }
-            None => return,
-        };
-        tracing::debug!(?request, "request");
-        if self.shutting_down.load(Ordering::SeqCst) {
-            let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
-            let _ = conn.send(Frame::Response(resp)).await;
-            return;
+            None => None,
         }
-        self.dispatch(conn, request).await;
     }
 
     async fn dispatch(&self, mut conn: Connection, request: Request) {
