@@ -314,3 +314,36 @@ fn killed_exec_client_gets_its_process_group_hung_up_then_killed() {
     );
     assert_victim_unharmed(&agent);
 }
+
+#[test]
+fn distro_root_cannot_read_the_disk_through_a_device_node_it_made() {
+    if !can_run_agent() {
+        return;
+    }
+    let Some(cgroups) = common::cgroup2_root() else {
+        return;
+    };
+    let agent = TestAgent::start_with_cgroups(Some(&cgroups));
+    agent.import_debian("rawdisk");
+    agent.import_debian("victim");
+    agent.ok(&["start", "victim"]);
+    // The disk the data directory is on: every distro's files.
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(agent.data()).unwrap());
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let script = format!(
+        "mknod /root/disk b {major} {minor} && head -c 512 /root/disk | wc -c; \
+         head -c 4 /dev/urandom | wc -c; echo ok > /dev/null && echo null-ok"
+    );
+
+    let out = agent.run(&["exec", "rawdisk", "--", "sh", "-c", &script]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+
+    assert!(
+        stderr.contains("Operation not permitted"),
+        "reading the disk was not refused: {stdout} {stderr}"
+    );
+    assert!(!stdout.lines().any(|l| l.trim() == "512"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim() == "4"), "urandom: {stdout}");
+    assert!(stdout.contains("null-ok"), "{stdout}");
+    assert_victim_unharmed(&agent);
+}

@@ -67,7 +67,8 @@ impl Cgroups {
         Some(Cgroups { parent })
     }
 
-    /// Creates (or reuses) the group for `name` and applies `limits`.
+    /// Creates (or reuses) the group for `name`, installs the device filter
+    /// and applies `limits`.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<DistroCgroup, CgroupError> {
         let path = self.parent.join(name);
         match fs::create_dir(&path) {
@@ -81,6 +82,22 @@ impl Cgroups {
                 })
             }
         }
+        // Without the filter root in the distro could read the VM's disks;
+        // a kernel without cgroup BPF cannot have it, so say so loudly.
+        if let Err(e) = crate::device_filter::attach(&path) {
+            tracing::warn!(distro = name, error = %crate::error_chain(&e), "distro runs without a device filter");
+        }
+        let applied = self.apply_limits(name, limits);
+        Ok(DistroCgroup {
+            path,
+            limits_applied: applied,
+        })
+    }
+
+    /// Writes `limits` to the group of `name` (a running distro's: they take
+    /// effect at once); false when a requested limit could not be set.
+    pub fn apply_limits(&self, name: &str, limits: &Limits) -> bool {
+        let path = self.parent.join(name);
         let mut applied = true;
         let settings = [
             ("memory.max", limits.memory_bytes.map(|b| b.to_string())),
@@ -103,10 +120,7 @@ impl Cgroups {
                 }
             }
         }
-        Ok(DistroCgroup {
-            path,
-            limits_applied: applied,
-        })
+        applied
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cgroup;
 pub mod clock;
+pub mod device_filter;
 pub mod distro_init;
 pub mod distro_root;
 pub mod exec;

@@ -399,10 +399,8 @@ impl Distros {
         .map_err(SettingsError::from)??;
         self.store.set_settings(name, &settings)?;
         if let (Some(cgroups), Some(r)) = (&self.cgroups, &running) {
-            if r.cgroup.is_some() {
-                if let Err(e) = cgroups.create(name, &settings.limits) {
-                    tracing::warn!(distro = name, error = %crate::error_chain(&e), "new limits not applied");
-                }
+            if r.cgroup.is_some() && !cgroups.apply_limits(name, &settings.limits) {
+                tracing::warn!(distro = name, "new limits not applied");
             }
         }
         Ok(())

@@ -23,6 +23,22 @@ pub fn can_run_agent() -> bool {
     true
 }
 
+/// A cgroup2 hierarchy to make distro groups under (`/sys/fs/cgroup`, or
+/// the unified one of a hybrid host); `None`, with the reason printed,
+/// when the host has none.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let is_cgroup2 =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == 0x6367_7270);
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| is_cgroup2(p));
+    if root.is_none() {
+        eprintln!("SKIP: no cgroup2 hierarchy on this host");
+    }
+    root.map(Path::to_path_buf)
+}
+
 /// Path of a built binary of this workspace.
 pub fn binary(name: &str) -> PathBuf {
     let distroctl = PathBuf::from(env!("CARGO_BIN_EXE_distroctl"));
