@@ -347,3 +347,49 @@ fn distro_root_cannot_read_the_disk_through_a_device_node_it_made() {
     assert!(stdout.contains("null-ok"), "{stdout}");
     assert_victim_unharmed(&agent);
 }
+
+/// PID 1 of a running distro as the host sees it, and its start time.
+fn pid1_of(agent: &TestAgent, distro: &str) -> String {
+    agent
+        .sh(distro, "cut -d' ' -f22 /proc/1/stat")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn restarted_agent_takes_running_distros_back_instead_of_killing_them() {
+    if !can_run_agent() {
+        return;
+    }
+    let cgroups = common::cgroup2_root();
+    let mut agent = TestAgent::start_with_cgroups(cgroups.as_deref());
+    agent.import_debian("survivor");
+    agent.sh("survivor", "setsid sleep 4848 </dev/null >/dev/null 2>&1 &");
+    let started_at = pid1_of(&agent, "survivor");
+
+    agent.kill_and_restart();
+
+    let after = pid1_of(&agent, "survivor");
+    let processes = agent.sh("survivor", "ps -eo args");
+    let list = text(&agent.ok(&["list"]).stdout);
+    assert_eq!(after, started_at, "PID 1 was restarted");
+    assert!(processes.contains("sleep 4848"), "{processes}");
+    assert!(
+        common::list_row(&list, "survivor").contains("running"),
+        "{list}"
+    );
+    assert!(
+        !agent.log_tail().contains("stopping what is left"),
+        "{}",
+        agent.log_tail()
+    );
+    // It is still managed: terminate stops it, and it starts afresh.
+    agent.ok(&["terminate", "survivor"]);
+    let list = text(&agent.ok(&["list"]).stdout);
+    assert!(
+        common::list_row(&list, "survivor").contains("stopped"),
+        "{list}"
+    );
+    assert!(!host_has_process(b"sleep\x004848\x00"));
+    assert!(!agent.sh("survivor", "ps -eo args").contains("sleep 4848"));
+}

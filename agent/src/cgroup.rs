@@ -63,8 +63,17 @@ impl Cgroups {
         }
         enable_controllers(root);
         enable_controllers(&parent);
-        remove_stale_groups(&parent);
         Some(Cgroups { parent })
+    }
+
+    /// The group of `name` when it exists (a distro left running by an
+    /// earlier agent, or what is left of one).
+    pub fn existing(&self, name: &str) -> Option<DistroCgroup> {
+        let path = self.parent.join(name);
+        path.is_dir().then_some(DistroCgroup {
+            path,
+            limits_applied: true,
+        })
     }
 
     /// Creates (or reuses) the group for `name`, installs the device filter
@@ -160,34 +169,16 @@ impl DistroCgroup {
         read_u64(&self.path.join("memory.current"))
     }
 
-    /// Removes the (empty) group, and any child groups its processes made.
+    /// Removes the group, and any child groups its processes made, once
+    /// its processes are gone (waits up to a second after a kill).
     pub fn remove(&self) {
-        remove_tree(&self.path);
-    }
-}
-
-/// Kills and removes groups left by an earlier agent that died: this agent
-/// cannot manage their processes (they are not its children).
-fn remove_stale_groups(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            tracing::warn!(group = %e.path().display(), "stopping a distro left by an earlier agent");
-            let group = DistroCgroup {
-                path: e.path(),
-                limits_applied: false,
-            };
-            group.kill_all();
-            for _ in 0..100 {
-                if group.process_count() == 0 {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+        for _ in 0..100 {
+            if self.process_count() == 0 {
+                break;
             }
-            group.remove();
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        remove_tree(&self.path);
     }
 }
 

@@ -2,6 +2,7 @@
 //! over vsock (or a Unix socket in tests). Each distro is a directory on the
 //! data disk started as its own namespace-isolated environment.
 
+pub mod adoption;
 pub mod archive;
 pub mod cgroup;
 pub mod clock;

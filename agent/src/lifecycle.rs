@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{watch, Mutex};
 
+use crate::adoption::RunningRecord;
 use crate::cgroup::{Cgroups, DistroCgroup};
 use crate::distro_init::{DistroInitConfig, READY_LINE, REAPER_COMM, ROLE_ENV};
 use crate::distro_root::{off_runtime, DistroRoot};
@@ -93,8 +94,8 @@ async fn reap_failed_start(
     cgroup: Option<&DistroCgroup>,
 ) -> Option<std::process::ExitStatus> {
     let status = child.wait().await.ok();
-    if let Some(g) = cgroup {
-        g.remove();
+    if let Some(g) = cgroup.cloned() {
+        let _ = tokio::task::spawn_blocking(move || g.remove()).await;
     }
     status
 }
@@ -267,6 +268,7 @@ impl Distros {
             .ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))?
             as i32;
 
+        let mut network_slot = None;
         if isolated {
             let networks = Arc::clone(&self.networks);
             let owner = name.to_owned();
@@ -274,6 +276,7 @@ impl Distros {
             let failure = match attached {
                 Ok(Ok(link)) => {
                     tracing::info!(distro = name, address = %link.address(), "isolated network up");
+                    network_slot = Some(link.slot);
                     None
                 }
                 Ok(Err(e)) => Some(crate::error_chain(&e)),
@@ -330,29 +333,125 @@ impl Distros {
         map.insert(name.to_string(), running.clone());
         drop(map);
         tracing::info!(distro = name, pid1, "distro started");
-
-        let this = Arc::clone(self);
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let code = status.ok().map(crate::exec::exit_code);
-            tracing::info!(distro = %name, ?code, "distro stopped");
-            let mut map = this.running.lock().await;
-            if let Some(r) = map.get(&name).filter(|r| r.pid1 == pid1) {
-                if let Some(g) = &r.cgroup {
-                    g.kill_all();
-                    g.remove();
+        // So that an agent started after this one dies takes it back.
+        match RunningRecord::of(pid1, network_slot, running.cgroup.is_some()) {
+            Some(record) => {
+                if let Err(e) = record.write(&running.rootfs) {
+                    tracing::warn!(distro = name, error = %e, "could not record the running distro");
                 }
-                map.remove(&name);
-                this.networks.detach(&name);
             }
-            let _ = tx.send(true);
-        });
+            None => tracing::warn!(distro = name, "PID 1 gone before it could be recorded"),
+        }
+        let exited = async move {
+            let status = child.wait().await;
+            status.ok().map(crate::exec::exit_code)
+        };
+        self.watch_stop(name, &running, exited, tx);
         Ok(Started {
             limits_available: running.cgroup.as_ref().is_some_and(|c| c.limits_applied),
             running,
             already_running: false,
         })
+    }
+
+    /// Cleans up after the distro `name` once `exited` (its PID 1's exit)
+    /// completes, and tells the waiters.
+    fn watch_stop(
+        self: &Arc<Self>,
+        name: &str,
+        running: &Running,
+        exited: impl std::future::Future<Output = Option<i32>> + Send + 'static,
+        tx: watch::Sender<bool>,
+    ) {
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        let (pid1, rootfs, cgroup) = (running.pid1, running.rootfs.clone(), running.cgroup.clone());
+        tokio::spawn(async move {
+            let code = exited.await;
+            tracing::info!(distro = %name, ?code, "distro stopped");
+            if let Some(g) = cgroup {
+                // Waiting for the last processes to go is blocking work.
+                let _ = tokio::task::spawn_blocking(move || {
+                    g.kill_all();
+                    g.remove();
+                })
+                .await;
+            }
+            let mut map = this.running.lock().await;
+            if map.get(&name).is_some_and(|r| r.pid1 == pid1) {
+                map.remove(&name);
+                this.networks.detach(&name);
+                RunningRecord::remove(&rootfs);
+            }
+            let _ = tx.send(true);
+        });
+    }
+
+    /// Takes back the distros an earlier agent left running (see
+    /// [`crate::adoption`]); stops what is left of those whose PID 1 is gone.
+    pub async fn adopt_running(self: &Arc<Self>) {
+        let Ok(names) = self.store.names() else {
+            return;
+        };
+        for name in names {
+            let Ok(rootfs) = self.store.rootfs(&name) else {
+                continue;
+            };
+            let record = RunningRecord::read(&rootfs).filter(RunningRecord::is_alive);
+            let adopted = match record {
+                Some(record) => self.adopt(&name, rootfs.clone(), record).await,
+                None => false,
+            };
+            if !adopted {
+                RunningRecord::remove(&rootfs);
+                if let Some(group) = self.cgroups.as_ref().and_then(|c| c.existing(&name)) {
+                    tracing::warn!(distro = %name, "stopping what is left of a distro whose init is gone");
+                    group.kill_all();
+                    group.remove();
+                }
+            }
+        }
+    }
+
+    async fn adopt(self: &Arc<Self>, name: &str, rootfs: PathBuf, record: RunningRecord) -> bool {
+        let watched = match crate::adoption::ForeignProcess::watch(record.pid1) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(distro = name, error = %e, "cannot watch the running distro's init");
+                return false;
+            }
+        };
+        let settings = self.store.settings(name).unwrap_or_default();
+        let cgroup = match (&self.cgroups, record.cgroup) {
+            (Some(c), true) => c.existing(name),
+            _ => None,
+        };
+        if let Some(slot) = record.network_slot {
+            self.networks.claim(slot, name);
+        }
+        let (tx, rx) = watch::channel(false);
+        let running = Running {
+            pid1: record.pid1,
+            cgroup,
+            rootfs: rootfs.clone(),
+            network: settings.network,
+            stopped: rx,
+        };
+        self.running
+            .lock()
+            .await
+            .insert(name.to_string(), running.clone());
+        tracing::info!(
+            distro = name,
+            pid1 = record.pid1,
+            "took back a distro left running by an earlier agent"
+        );
+        let exited = async move {
+            watched.exited().await;
+            None
+        };
+        self.watch_stop(name, &running, exited, tx);
+        true
     }
 
     /// Kills every process of `name`; its files stay. Not running is fine.

@@ -73,7 +73,35 @@ pub fn debian_rootfs() -> &'static Path {
 pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    cgroup_root: PathBuf,
     child: Child,
+}
+
+/// Starts `distroctl-agent` serving `socket` with its data under `dir`,
+/// appending to `dir/agent.log`; returns once the socket exists.
+fn spawn_agent(dir: &Path, socket: &Path, cgroup_root: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    let child = Command::new(binary("distroctl-agent"))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cgroup-root")
+        .arg(cgroup_root)
+        .env("DISTROCTL_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .expect("spawn distroctl-agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "agent did not create its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 impl TestAgent {
@@ -89,23 +117,25 @@ impl TestAgent {
             .tempdir_in(std::env::var_os("DISTROCTL_TEST_TMP").unwrap_or_else(|| "/var/tmp".into()))
             .unwrap();
         let socket = dir.path().join("agent.sock");
-        let child = Command::new(binary("distroctl-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--cgroup-root")
-            .arg(cgroup_root.map_or_else(|| dir.path().join("no-cgroup"), Path::to_path_buf))
-            .env("DISTROCTL_LOG", "debug")
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .expect("spawn distroctl-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "agent did not create its socket");
-            std::thread::sleep(Duration::from_millis(10));
+        let cgroup_root =
+            cgroup_root.map_or_else(|| dir.path().join("no-cgroup"), Path::to_path_buf);
+        let child = spawn_agent(dir.path(), &socket, &cgroup_root);
+        TestAgent {
+            dir,
+            socket,
+            cgroup_root,
+            child,
         }
-        TestAgent { dir, socket, child }
+    }
+
+    /// Kills the agent with SIGKILL, as the OOM killer would, and starts a
+    /// new one on the same data directory and socket (as init does in the
+    /// VM).
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_agent(self.dir.path(), &self.socket, &self.cgroup_root);
     }
 
     /// Host PID of the agent.
