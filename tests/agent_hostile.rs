@@ -393,3 +393,25 @@ fn restarted_agent_takes_running_distros_back_instead_of_killing_them() {
     assert!(!host_has_process(b"sleep\x004848\x00"));
     assert!(!agent.sh("survivor", "ps -eo args").contains("sleep 4848"));
 }
+
+#[test]
+fn distro_whose_proc_points_outside_fails_to_start_and_touches_nothing() {
+    if !can_run_agent() {
+        return;
+    }
+    let agent = TestAgent::start();
+    agent.import_debian("hostile");
+    agent.import_debian("victim");
+    agent.ok(&["start", "victim"]);
+    let target = agent.rootfs("victim").join("planted");
+    let proc_dir = agent.rootfs("hostile").join("proc");
+    std::fs::remove_dir(&proc_dir).unwrap();
+    symlink(&target, &proc_dir).unwrap();
+
+    let (code, err) = refused(&agent, &["start", "hostile"]);
+
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("/proc: it is not a directory"), "{err}");
+    assert!(!target.exists(), "a directory was made in the victim");
+    assert_victim_unharmed(&agent);
+}

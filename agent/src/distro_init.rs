@@ -142,6 +142,11 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .step(|| format!("bind-mount {}", root.display()))?;
+    // The distro's root decides what these are; a symlink among them would
+    // put a mount (and the directories created for it) wherever it points.
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        require_plain_dir(root, dir)?;
+    }
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(
@@ -202,6 +207,26 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         });
     }
     write_generated_files(config)
+}
+
+/// Makes sure `root/name` is a directory, not a symlink: creates it when
+/// missing, refuses anything else.
+fn require_plain_dir(root: &Path, name: &str) -> Result<(), SetupError> {
+    let path = root.join(name);
+    match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(SetupError {
+            step: format!("use /{name}: it is not a directory (a symlink or a file)"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir(&path).step(|| format!("create /{name}"))
+        }
+        Err(e) => Err(SetupError {
+            step: format!("inspect /{name}"),
+            source: e,
+        }),
+    }
 }
 
 fn setup_dev(dev: &Path) -> Result<(), SetupError> {

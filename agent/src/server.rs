@@ -143,6 +143,14 @@ impl Agent {
         Ok(())
     }
 
+    /// Serves one client connection to its end, as the listeners do for
+    /// each accepted one (for fuzzing and tests without a socket).
+    pub async fn serve_stream(self: &Arc<Self>, stream: Box<dyn Transport>) {
+        Arc::clone(self)
+            .handle(Framed::new(stream, FrameCodec))
+            .await;
+    }
+
     fn spawn_connection(self: &Arc<Self>, stream: Box<dyn Transport>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
