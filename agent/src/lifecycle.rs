@@ -143,6 +143,9 @@ pub struct Distros {
     pub store: Store,
     cgroups: Option<Cgroups>,
     running: Mutex<HashMap<String, Running>>,
+    /// One gate per distro, held while it starts or is terminated, so a
+    /// slow start holds up only requests for that same distro.
+    gates: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     importing: Arc<std::sync::Mutex<HashSet<String>>>,
     agent_exe: PathBuf,
     networks: Arc<IsolatedNetworks>,
@@ -171,6 +174,7 @@ impl Distros {
             store,
             cgroups,
             running: Mutex::new(HashMap::new()),
+            gates: std::sync::Mutex::default(),
             importing: Arc::default(),
             agent_exe,
             networks: Arc::default(),
@@ -183,14 +187,20 @@ impl Distros {
         map.get(name).filter(|r| !r.is_stopped()).cloned()
     }
 
+    fn gate(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(gates.entry(name.to_string()).or_default())
+    }
+
     /// Starts `name` unless it runs already.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<Started, LifecycleError> {
-        let mut map = self.running.lock().await;
-        if let Some(r) = map.get(name).filter(|r| !r.is_stopped()) {
+        let gate = self.gate(name);
+        let _turn = gate.lock().await;
+        if let Some(r) = self.running(name).await {
             return Ok(Started {
-                running: r.clone(),
-                already_running: true,
                 limits_available: r.cgroup.as_ref().is_some_and(|c| c.limits_applied),
+                running: r,
+                already_running: true,
             });
         }
         let rootfs = self.store.rootfs(name)?;
@@ -330,8 +340,10 @@ impl Distros {
             network: settings.network,
             stopped: rx,
         };
-        map.insert(name.to_string(), running.clone());
-        drop(map);
+        self.running
+            .lock()
+            .await
+            .insert(name.to_string(), running.clone());
         tracing::info!(distro = name, pid1, "distro started");
         // So that an agent started after this one dies takes it back.
         match RunningRecord::of(pid1, network_slot, running.cgroup.is_some()) {
@@ -457,6 +469,9 @@ impl Distros {
     /// Kills every process of `name`; its files stay. Not running is fine.
     pub async fn terminate(&self, name: &str) -> Result<(), LifecycleError> {
         self.store.rootfs(name)?;
+        // A start in progress finishes first, so it cannot outlive this.
+        let gate = self.gate(name);
+        let _turn = gate.lock().await;
         let Some(mut running) = self.running(name).await else {
             return Ok(());
         };
