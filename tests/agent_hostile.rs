@@ -415,3 +415,25 @@ fn distro_whose_proc_points_outside_fails_to_start_and_touches_nothing() {
     assert!(!target.exists(), "a directory was made in the victim");
     assert_victim_unharmed(&agent);
 }
+
+#[test]
+fn idle_connections_that_never_say_hello_do_not_lock_out_commands() {
+    if !can_run_agent() {
+        return;
+    }
+    let agent = TestAgent::start();
+    agent.import_debian("victim");
+    agent.ok(&["start", "victim"]);
+    let idle: Vec<_> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+
+    assert_victim_unharmed(&agent);
+    let mut oldest = &idle[0];
+    oldest
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut oldest, &mut buf);
+    assert_eq!(read.unwrap(), 0, "the oldest idle connection was closed");
+}

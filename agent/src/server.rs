@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::Distros;
 
@@ -20,9 +21,37 @@ use crate::lifecycle::Distros;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most connections that may be between accept and their request at once
-/// (unauthenticated: they have said nothing yet). More wait for a slot,
-/// within their own handshake time; the accept loop itself never waits.
+/// (unauthenticated: they have said nothing yet). A newcomer beyond that
+/// closes the one that has waited longest, so idle connections can never
+/// lock real clients out; the accept loop itself never waits.
 pub const MAX_HANDSHAKING: usize = 128;
+
+/// The connections in their handshake, oldest first (ids only grow).
+#[derive(Debug, Default)]
+struct Handshakes {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, CancellationToken>,
+}
+
+impl Handshakes {
+    /// Registers a new connection, cancelling the oldest when full.
+    fn enter(&mut self) -> (u64, CancellationToken) {
+        if self.waiting.len() >= MAX_HANDSHAKING {
+            if let Some((_, oldest)) = self.waiting.pop_first() {
+                oldest.cancel();
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let token = CancellationToken::new();
+        self.waiting.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
+}
 
 /// Any byte stream a client can reach the agent over.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -89,7 +118,7 @@ pub struct ListenError {
 /// The agent's shared state.
 pub struct Agent {
     distros: Arc<Distros>,
-    handshaking: Arc<tokio::sync::Semaphore>,
+    handshakes: std::sync::Mutex<Handshakes>,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -99,7 +128,7 @@ impl Agent {
     pub fn new(distros: Arc<Distros>) -> Arc<Self> {
         Arc::new(Agent {
             distros,
-            handshaking: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING)),
+            handshakes: std::sync::Mutex::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         })
@@ -160,25 +189,29 @@ impl Agent {
     }
 
     async fn handle(self: Arc<Self>, mut conn: Connection) {
-        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-        let slot = tokio::time::timeout_at(deadline, Arc::clone(&self.handshaking).acquire_owned());
-        let Ok(Ok(_slot)) = slot.await else {
-            tracing::warn!(
-                "closing connection: {MAX_HANDSHAKING} others are still in their handshake"
-            );
-            return;
+        let lock = || self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, pushed_out) = lock().enter();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut conn)) => Some(r),
+            _ = pushed_out.cancelled() => None,
         };
-        let request = match tokio::time::timeout_at(deadline, self.handshake(&mut conn)).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(_) => {
+        lock().leave(id);
+        let request = match outcome {
+            Some(Ok(Some(request))) => request,
+            Some(Ok(None)) => return,
+            Some(Err(_)) => {
                 tracing::warn!(
                     "closing connection: no hello and request within {HANDSHAKE_TIMEOUT:?}"
                 );
                 return;
             }
+            None => {
+                tracing::warn!(
+                    "closing connection: {MAX_HANDSHAKING} newer ones are in their handshake"
+                );
+                return;
+            }
         };
-        drop(_slot);
         tracing::debug!(?request, "request");
         if self.shutting_down.load(Ordering::SeqCst) {
             let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
@@ -291,5 +324,25 @@ impl Agent {
             }
         };
         let _ = conn.send(Frame::Response(response)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_handshake_list_cancels_the_oldest_connection() {
+        let mut handshakes = Handshakes::default();
+        let tokens: Vec<_> = (0..MAX_HANDSHAKING).map(|_| handshakes.enter()).collect();
+
+        let (_, newest) = handshakes.enter();
+
+        assert!(tokens[0].1.is_cancelled(), "the oldest was pushed out");
+        assert!(tokens[1..].iter().all(|(_, t)| !t.is_cancelled()));
+        assert!(!newest.is_cancelled());
+        assert_eq!(handshakes.waiting.len(), MAX_HANDSHAKING);
+        handshakes.leave(tokens[5].0);
+        assert_eq!(handshakes.waiting.len(), MAX_HANDSHAKING - 1);
     }
 }
