@@ -298,6 +298,10 @@ pub fn text(bytes: &[u8]) -> String {
 /// Reads from a PTY master until `needle` shows up or time runs out.
 fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) -> bool {
     use std::io::Read;
+    // An earlier read may have brought it already, with nothing more to come.
+    if seen.contains(needle) {
+        return true;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
