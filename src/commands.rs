@@ -342,7 +342,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
 /// What `configure` of a running distro tells the user: the default user
 /// applies from the next command and limits at once (the agent writes them
 /// to the distro's cgroup), its init and network only from its next start.
-fn when_settings_apply(
+pub(crate) fn when_settings_apply(
     name: &str,
     old: &protocol::DistroSettings,
     new: &protocol::DistroSettings,

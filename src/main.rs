@@ -379,3 +379,61 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static), verbose: bool) -> 
 }
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_takes_cpus_or_none_and_refuses_zero_and_negative() {
+        assert_eq!(parse_cpu_max("1.5"), Ok(LimitArg::Limit(1500)));
+        assert_eq!(parse_cpu_max("0.001"), Ok(LimitArg::Limit(1)));
+        assert_eq!(parse_cpu_max("none"), Ok(LimitArg::Unlimited));
+        for bad in ["0", "-1", "0.0001", "4097", "NaN", "inf", "many"] {
+            let err = parse_cpu_max(bad).unwrap_err();
+            assert!(
+                err.contains("0.001 to 4096") && err.contains("`none`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pids_max_takes_a_positive_count_or_none() {
+        assert_eq!(parse_pids_max("200"), Ok(LimitArg::Limit(200)));
+        assert_eq!(parse_pids_max("none"), Ok(LimitArg::Unlimited));
+        for bad in ["0", "-1", "4294967296", "lots"] {
+            let err = parse_pids_max(bad).unwrap_err();
+            assert!(
+                err.contains("from 1 to") && err.contains("`none`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_messages_say_when_each_change_applies() {
+        let old = protocol::DistroSettings::default();
+        let new = protocol::DistroSettings {
+            default_user: Some("alice".into()),
+            systemd: true,
+            limits: protocol::Limits {
+                pids: Some(10),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+
+        let lines = commands::when_settings_apply("d", &old, &new);
+        let unchanged = commands::when_settings_apply("d", &new, &new);
+
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("next exec"), "{lines:?}");
+        assert!(lines[1].contains("now"), "{lines:?}");
+        assert!(
+            lines[2].contains("--systemd applies when d next starts"),
+            "{lines:?}"
+        );
+        assert!(unchanged.is_empty());
+    }
+}
