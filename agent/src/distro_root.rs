@@ -208,8 +208,17 @@ impl DistroRoot {
 
     /// Checks that `path` is a directory inside the distro.
     pub fn require_directory(&self, path: &str) -> Result<(), DistroFileError> {
-        match self.kind(path)? {
-            Kind::Directory => Ok(()),
+        self.open_directory(path).map(drop)
+    }
+
+    /// An `O_PATH` descriptor of the directory `path` inside the distro,
+    /// for `fchdir`: the process then starts in exactly the directory that
+    /// was checked, whatever the distro renames or replaces meanwhile.
+    pub fn open_directory(&self, path: &str) -> Result<OwnedFd, DistroFileError> {
+        let fd = self.resolve(path)?;
+        let st = fstat(fd.as_raw_fd()).map_err(|e| self.io(path, e.into()))?;
+        match kind_of(st.st_mode) {
+            Kind::Directory => Ok(fd),
             _ => Err(DistroFileError::NotDirectory {
                 distro: self.distro.clone(),
                 path: path.to_string(),

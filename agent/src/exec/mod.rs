@@ -53,7 +53,8 @@ struct Plan {
     arg0: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    cwd: CString,
+    /// The working directory, resolved inside the distro (`O_PATH`).
+    cwd: OwnedFd,
     user: User,
 }
 
@@ -91,14 +92,14 @@ pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>
         return;
     }
     let (sink, source) = conn.split();
-    match io {
+    let (report, code) = match io {
         ProcessIo::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
             let mut input = tokio::spawn(pipe_input(source, stdin, host_pid));
-            let status = pump_output(
+            let outcome = pump_output(
                 sink,
                 &mut child,
                 &mut input,
@@ -107,16 +108,25 @@ pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>
             )
             .await;
             input.abort();
-            tracing::debug!(pid = host_pid, ?status, "exec finished");
+            let _ = input.await;
+            outcome
         }
         ProcessIo::Pty(master) => {
             let master = Arc::new(master);
             let mut input = tokio::spawn(pty_input(source, Arc::clone(&master), host_pid));
             let reader = PtyReader(Arc::clone(&master));
-            let status = pump_output(sink, &mut child, &mut input, Box::new(reader), None).await;
+            let outcome = pump_output(sink, &mut child, &mut input, Box::new(reader), None).await;
             input.abort();
-            tracing::debug!(pid = host_pid, ?status, "exec finished");
+            let _ = input.await;
+            outcome
         }
+    };
+    tracing::debug!(pid = host_pid, code, "exec finished");
+    // Everything of this exec is closed before the client hears it ended.
+    drop(child);
+    if let Some(mut sink) = report {
+        let _ = sink.send(Frame::Exit(code)).await;
+        let _ = sink.close().await;
     }
 }
 
@@ -178,7 +188,7 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
         arg0,
         args,
         env,
-        cwd: cstr(&cwd, "directory")?,
+        cwd,
         user,
     };
     if req.argv.iter().any(|a| a.contains('\0')) {
@@ -223,7 +233,7 @@ async fn resolve_user_and_cwd(
     pid1: i32,
     spec: String,
     cwd: Option<String>,
-) -> Result<(User, String), ResolveError> {
+) -> Result<(User, OwnedFd), ResolveError> {
     if let Some(dir) = cwd.as_ref().filter(|d| !d.starts_with('/')) {
         return Err(ResolveError::RelativeCwd(dir.clone()));
     }
@@ -231,19 +241,19 @@ async fn resolve_user_and_cwd(
     let (user, cwd) = off_runtime(distro, move || {
         let root = DistroRoot::open(&name, Path::new(&format!("/proc/{pid1}/root")))?;
         let user = passwd::lookup(&root, &spec)?;
-        let cwd = match (&user, cwd) {
-            (_, Some(dir)) => {
-                root.require_directory(&dir).map_err(|e| match e {
-                    DistroFileError::Missing { distro, path } => DistroFileError::Missing {
-                        distro,
-                        path: format!("directory {path}"),
-                    },
-                    other => other,
-                })?;
-                dir
-            }
-            (Some(u), None) if root.require_directory(&u.home).is_ok() => u.home.clone(),
-            _ => "/".into(),
+        let home = user
+            .as_ref()
+            .and_then(|u| root.open_directory(&u.home).ok());
+        let cwd = match (home, cwd) {
+            (_, Some(dir)) => root.open_directory(&dir).map_err(|e| match e {
+                DistroFileError::Missing { distro, path } => DistroFileError::Missing {
+                    distro,
+                    path: format!("directory {path}"),
+                },
+                other => other,
+            })?,
+            (Some(home), None) => home,
+            (None, None) => root.open_directory("/")?,
         };
         Ok((user.ok_or(spec), cwd))
     })
@@ -303,7 +313,7 @@ async fn spawn(
             .stderr(Stdio::piped());
     }
     let user = plan.user.clone();
-    let cwd = plan.cwd.clone();
+    let cwd = plan.cwd;
     let pid_ns = ns
         .pid
         .try_clone()
@@ -330,8 +340,8 @@ async fn spawn(
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(Gid::from_raw(user.gid))?;
             nix::unistd::setuid(Uid::from_raw(user.uid))?;
-            // `cwd` is a valid NUL-terminated string owned by the closure.
-            if libc::chdir(cwd.as_ptr()) < 0 {
+            // `cwd` is an open descriptor owned by the closure.
+            if libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&cwd)) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -378,16 +388,17 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// Forwards the process's output as frames until it has exited and its
-/// streams are drained, then sends the exit status. When the client goes
-/// away first (`input` ends: its connection closed), the process group is
-/// hung up as a closed terminal would be.
+/// streams are drained; returns its exit status, with the sink to report it
+/// on. When the client goes away first (`input` ends: its connection
+/// closed), the process group is hung up as a closed terminal would be, and
+/// there is nobody to report to.
 async fn pump_output(
     mut sink: Sink,
     child: &mut Child,
     input: &mut tokio::task::JoinHandle<()>,
     mut out: Box<dyn AsyncRead + Unpin + Send>,
     mut err: Option<Box<dyn AsyncRead + Unpin + Send>>,
-) -> Option<i32> {
+) -> (Option<Sink>, i32) {
     let mut out_buf = BytesMut::with_capacity(CHUNK);
     let mut err_buf = BytesMut::with_capacity(CHUNK);
     let mut out_open = true;
@@ -413,13 +424,10 @@ async fn pump_output(
             _ = tokio::time::sleep(DRAIN_IDLE), if draining => break,
         }
     }
-    if status.is_none() {
-        return Some(hang_up(child).await);
+    match status {
+        Some(code) => (Some(sink), code),
+        None => (None, hang_up(child).await),
     }
-    let code = status.expect("set");
-    let _ = sink.send(Frame::Exit(code)).await;
-    let _ = sink.close().await;
-    Some(code)
 }
 
 /// Ends a process whose client went away, as sshd does: SIGHUP to its
