@@ -310,17 +310,13 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
                 settings.systemd = systemd;
             }
             if let Some(bytes) = memory_max {
-                settings.limits.memory_bytes = Some(bytes).filter(|b| *b > 0);
+                settings.limits.memory_bytes = bytes.into_option();
             }
-            if let Some(cpus) = cpu_max {
-                if !(0.0..=4096.0).contains(&cpus) {
-                    return Err(format!("--cpu-max {cpus} is out of range: use 0 to 4096").into());
-                }
-                settings.limits.cpu_millis =
-                    Some((cpus * 1000.0).round() as u32).filter(|m| *m > 0);
+            if let Some(millis) = cpu_max {
+                settings.limits.cpu_millis = millis.into_option();
             }
             if let Some(pids) = pids_max {
-                settings.limits.pids = Some(pids).filter(|p| *p > 0);
+                settings.limits.pids = pids.into_option();
             }
             if let Some(network) = network {
                 settings.network = network;
@@ -328,11 +324,13 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             session
                 .request(Request::Configure {
                     name: name.clone(),
-                    settings,
+                    settings: settings.clone(),
                 })
                 .await?;
             if current.state == DistroState::Running {
-                eprintln!("Saved; the settings apply when {name} next starts (`distroctl terminate {name}` first)");
+                for line in when_settings_apply(&name, &current.settings, &settings) {
+                    eprintln!("{line}");
+                }
             }
         }
         Command::Exec {
@@ -375,6 +373,37 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
 }
 
 /// The named distro, or the configured default.
+/// What `configure` of a running distro tells the user: the default user
+/// applies from the next command and limits at once (the agent writes them
+/// to the distro's cgroup), its init and network only from its next start.
+pub(crate) fn when_settings_apply(
+    name: &str,
+    old: &protocol::DistroSettings,
+    new: &protocol::DistroSettings,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if old.default_user != new.default_user {
+        lines.push("The default user applies from the next exec or shell.".to_string());
+    }
+    if old.limits != new.limits {
+        lines.push(format!("The limits apply to {name} now."));
+    }
+    let mut at_start = Vec::new();
+    if old.systemd != new.systemd {
+        at_start.push("--systemd");
+    }
+    if old.network != new.network {
+        at_start.push("--network");
+    }
+    if !at_start.is_empty() {
+        lines.push(format!(
+            "Saved; {} applies when {name} next starts (`distroctl terminate {name}` first).",
+            at_start.join(" and ")
+        ));
+    }
+    lines
+}
+
 fn default_or(name: Option<String>, config: &Config) -> Result<String, AnyError> {
     name.or_else(|| config.default_distro.clone()).ok_or_else(|| {
         "no distro named and no default distro: name one (`distroctl shell NAME`) or set one with `distroctl set-default NAME`".into()

@@ -121,15 +121,15 @@ enum Command {
         /// Run the distro's own systemd as its PID 1.
         #[arg(long, value_name = "BOOL")]
         systemd: Option<bool>,
-        /// Memory limit (e.g. 2G; 0 removes the limit).
-        #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
-        memory_max: Option<u64>,
-        /// CPU limit in CPUs (e.g. 1.5; 0 removes the limit).
-        #[arg(long, value_name = "CPUS")]
-        cpu_max: Option<f64>,
-        /// Process limit (0 removes the limit).
-        #[arg(long, value_name = "N")]
-        pids_max: Option<u32>,
+        /// Memory limit (e.g. 2G; `none` or 0 removes the limit).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory_max)]
+        memory_max: Option<LimitArg<u64>>,
+        /// CPU limit in CPUs (e.g. 1.5; `none` removes the limit).
+        #[arg(long, value_name = "CPUS", value_parser = parse_cpu_max, allow_hyphen_values = true)]
+        cpu_max: Option<LimitArg<u32>>,
+        /// Process limit (`none` removes the limit).
+        #[arg(long, value_name = "N", value_parser = parse_pids_max, allow_hyphen_values = true)]
+        pids_max: Option<LimitArg<u32>>,
         /// `shared` (the VM's network, like every distro by default) or
         /// `isolated` (a network namespace and address of its own).
         #[arg(long, value_name = "MODE", value_parser = parse_network_mode)]
@@ -223,6 +223,66 @@ struct ExecOpts {
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+}
+
+/// A resource limit given to `configure`: a value, or `none` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LimitArg<T> {
+    /// `none`: remove the limit.
+    Unlimited,
+    /// This limit.
+    Limit(T),
+}
+
+impl<T> LimitArg<T> {
+    fn into_option(self) -> Option<T> {
+        match self {
+            LimitArg::Unlimited => None,
+            LimitArg::Limit(v) => Some(v),
+        }
+    }
+}
+
+fn parse_memory_max(s: &str) -> Result<LimitArg<u64>, String> {
+    match s {
+        "none" => Ok(LimitArg::Unlimited),
+        _ => match config::parse_size(s)? {
+            0 => Ok(LimitArg::Unlimited),
+            bytes => Ok(LimitArg::Limit(bytes)),
+        },
+    }
+}
+
+/// CPUs (`1.5`) as thousandths of a CPU, 1 to 4096000.
+fn parse_cpu_max(s: &str) -> Result<LimitArg<u32>, String> {
+    if s == "none" {
+        return Ok(LimitArg::Unlimited);
+    }
+    let millis = s
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite())
+        .map(|c| (c * 1000.0).round())
+        .filter(|m| (1.0..=4_096_000.0).contains(m));
+    match millis {
+        Some(m) => Ok(LimitArg::Limit(m as u32)),
+        None => {
+            Err("use a number of CPUs from 0.001 to 4096 (e.g. 1.5), or `none` for no limit".into())
+        }
+    }
+}
+
+fn parse_pids_max(s: &str) -> Result<LimitArg<u32>, String> {
+    if s == "none" {
+        return Ok(LimitArg::Unlimited);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(LimitArg::Limit(n)),
+        _ => Err(format!(
+            "use a number of processes from 1 to {}, or `none` for no limit",
+            u32::MAX
+        )),
+    }
 }
 
 fn parse_network_mode(s: &str) -> Result<protocol::NetworkMode, String> {
@@ -320,3 +380,61 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static), verbose: bool) -> 
 }
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_takes_cpus_or_none_and_refuses_zero_and_negative() {
+        assert_eq!(parse_cpu_max("1.5"), Ok(LimitArg::Limit(1500)));
+        assert_eq!(parse_cpu_max("0.001"), Ok(LimitArg::Limit(1)));
+        assert_eq!(parse_cpu_max("none"), Ok(LimitArg::Unlimited));
+        for bad in ["0", "-1", "0.0001", "4097", "NaN", "inf", "many"] {
+            let err = parse_cpu_max(bad).unwrap_err();
+            assert!(
+                err.contains("0.001 to 4096") && err.contains("`none`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pids_max_takes_a_positive_count_or_none() {
+        assert_eq!(parse_pids_max("200"), Ok(LimitArg::Limit(200)));
+        assert_eq!(parse_pids_max("none"), Ok(LimitArg::Unlimited));
+        for bad in ["0", "-1", "4294967296", "lots"] {
+            let err = parse_pids_max(bad).unwrap_err();
+            assert!(
+                err.contains("from 1 to") && err.contains("`none`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_messages_say_when_each_change_applies() {
+        let old = protocol::DistroSettings::default();
+        let new = protocol::DistroSettings {
+            default_user: Some("alice".into()),
+            systemd: true,
+            limits: protocol::Limits {
+                pids: Some(10),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+
+        let lines = commands::when_settings_apply("d", &old, &new);
+        let unchanged = commands::when_settings_apply("d", &new, &new);
+
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("next exec"), "{lines:?}");
+        assert!(lines[1].contains("now"), "{lines:?}");
+        assert!(
+            lines[2].contains("--systemd applies when d next starts"),
+            "{lines:?}"
+        );
+        assert!(unchanged.is_empty());
+    }
+}

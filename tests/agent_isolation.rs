@@ -183,18 +183,10 @@ fn cgroup_v2_groups_count_processes_and_terminate_kills_them() {
     if !can_run_agent() {
         return;
     }
-    let root = std::path::Path::new("/sys/fs/cgroup/unified");
-    let is_cgroup2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .map(|s| s.filesystem_type().0 == 0x6367_7270)
-        .unwrap_or(false);
-    let root = if is_cgroup2 {
-        std::path::Path::new("/sys/fs/cgroup")
-    } else if root.join("cgroup.procs").exists() {
-        root
-    } else {
-        eprintln!("SKIP: no cgroup2 hierarchy on this host");
+    let Some(root) = common::cgroup2_root() else {
         return;
     };
+    let root = root.as_path();
     let agent = TestAgent::start_with_cgroups(Some(root));
     agent.import_debian("grouped");
 

@@ -63,11 +63,21 @@ impl Cgroups {
         }
         enable_controllers(root);
         enable_controllers(&parent);
-        remove_stale_groups(&parent);
         Some(Cgroups { parent })
     }
 
-    /// Creates (or reuses) the group for `name` and applies `limits`.
+    /// The group of `name` when it exists (a distro left running by an
+    /// earlier agent, or what is left of one).
+    pub fn existing(&self, name: &str) -> Option<DistroCgroup> {
+        let path = self.parent.join(name);
+        path.is_dir().then_some(DistroCgroup {
+            path,
+            limits_applied: true,
+        })
+    }
+
+    /// Creates (or reuses) the group for `name`, installs the device filter
+    /// and applies `limits`.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<DistroCgroup, CgroupError> {
         let path = self.parent.join(name);
         match fs::create_dir(&path) {
@@ -81,6 +91,22 @@ impl Cgroups {
                 })
             }
         }
+        // Without the filter root in the distro could read the VM's disks;
+        // a kernel without cgroup BPF cannot have it, so say so loudly.
+        if let Err(e) = crate::device_filter::attach(&path) {
+            tracing::warn!(distro = name, error = %crate::error_chain(&e), "distro runs without a device filter");
+        }
+        let applied = self.apply_limits(name, limits);
+        Ok(DistroCgroup {
+            path,
+            limits_applied: applied,
+        })
+    }
+
+    /// Writes `limits` to the group of `name` (a running distro's: they take
+    /// effect at once); false when a requested limit could not be set.
+    pub fn apply_limits(&self, name: &str, limits: &Limits) -> bool {
+        let path = self.parent.join(name);
         let mut applied = true;
         let settings = [
             ("memory.max", limits.memory_bytes.map(|b| b.to_string())),
@@ -103,10 +129,7 @@ impl Cgroups {
                 }
             }
         }
-        Ok(DistroCgroup {
-            path,
-            limits_applied: applied,
-        })
+        applied
     }
 }
 
@@ -146,34 +169,16 @@ impl DistroCgroup {
         read_u64(&self.path.join("memory.current"))
     }
 
-    /// Removes the (empty) group, and any child groups its processes made.
+    /// Removes the group, and any child groups its processes made, once
+    /// its processes are gone (waits up to a second after a kill).
     pub fn remove(&self) {
-        remove_tree(&self.path);
-    }
-}
-
-/// Kills and removes groups left by an earlier agent that died: this agent
-/// cannot manage their processes (they are not its children).
-fn remove_stale_groups(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            tracing::warn!(group = %e.path().display(), "stopping a distro left by an earlier agent");
-            let group = DistroCgroup {
-                path: e.path(),
-                limits_applied: false,
-            };
-            group.kill_all();
-            for _ in 0..100 {
-                if group.process_count() == 0 {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+        for _ in 0..100 {
+            if self.process_count() == 0 {
+                break;
             }
-            group.remove();
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        remove_tree(&self.path);
     }
 }
 

@@ -1,6 +1,6 @@
-//! PID 1 of a distro: the agent re-executes itself as `distroctl-agent
-//! distro-init` inside fresh mount, PID, UTS, IPC and cgroup namespaces (the
-//! agent has already placed it in the distro's cgroup). It builds the distro's
+//! PID 1 of a distro: the agent re-executes itself, named plain `init` and
+//! told its settings on stdin, inside fresh mount, PID, UTS, IPC and cgroup
+//! namespaces (the agent has already placed it in the distro's cgroup). It builds the distro's
 //! file system view in one fixed sequence, reports `ready` on stdout, then
 //! reaps orphans — or hands PID 1 to the distro's own systemd.
 
@@ -23,8 +23,11 @@ pub const REAPER_COMM: &str = "init";
 /// Line the reaper prints on stdout once the distro is set up.
 pub const READY_LINE: &str = "ready";
 
+/// Environment variable that makes the agent binary run as a distro's PID 1.
+pub const ROLE_ENV: &str = "DISTROCTL_DISTRO_INIT";
+
 /// What the distro's PID 1 is told by the agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DistroInitConfig {
     /// Distro name, used as host name.
     pub name: String,
@@ -34,8 +37,29 @@ pub struct DistroInitConfig {
     pub systemd: bool,
     /// Mount cgroup2 at `/sys/fs/cgroup` (the agent made a group for it).
     pub cgroup: bool,
-    /// Contents for the distro's `/etc/resolv.conf`.
+    /// Contents for the distro's `/etc/resolv.conf` (read by PID 1 itself
+    /// from the VM's, not sent by the agent).
+    #[serde(skip)]
     pub resolv_conf: String,
+}
+
+/// Reads the [`DistroInitConfig`] the agent wrote on stdin (JSON, then end
+/// of file) and runs as PID 1; never returns.
+pub fn run_from_stdin(resolv_conf: String) -> ! {
+    let mut text = Vec::new();
+    let parsed = std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice::<DistroInitConfig>(&text).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(config) => run(DistroInitConfig {
+            resolv_conf,
+            ..config
+        }),
+        Err(e) => {
+            eprintln!("could not read the distro's settings from the agent: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// A step of the setup sequence failed.
@@ -118,6 +142,11 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .step(|| format!("bind-mount {}", root.display()))?;
+    // The distro's root decides what these are; a symlink among them would
+    // put a mount (and the directories created for it) wherever it points.
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        require_plain_dir(root, dir)?;
+    }
 
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(
@@ -166,7 +195,38 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
 
     sethostname(&config.name).step(|| "set the host name".into())?;
     enter_root(root)?;
+    if config.systemd && !Path::new("/sbin/init").is_file() {
+        // Settings stored before they were checked: say so instead of a
+        // distro that dies right after its start.
+        return Err(SetupError {
+            step: format!(
+                "run its systemd: /sbin/init is missing (`distroctl configure {} --systemd false`)",
+                config.name
+            ),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
     write_generated_files(config)
+}
+
+/// Makes sure `root/name` is a directory, not a symlink: creates it when
+/// missing, refuses anything else.
+fn require_plain_dir(root: &Path, name: &str) -> Result<(), SetupError> {
+    let path = root.join(name);
+    match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(SetupError {
+            step: format!("use /{name}: it is not a directory (a symlink or a file)"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir(&path).step(|| format!("create /{name}"))
+        }
+        Err(e) => Err(SetupError {
+            step: format!("inspect /{name}"),
+            source: e,
+        }),
+    }
 }
 
 fn setup_dev(dev: &Path) -> Result<(), SetupError> {
@@ -277,13 +337,27 @@ fn write_generated_files(config: &DistroInitConfig) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Replaces `path` (a file or a dangling symlink) with `contents`.
+/// Replaces `path` with a new regular file holding `contents`: written to
+/// a fresh file beside it (never through a symlink, FIFO or device the
+/// distro may have put there) and renamed over it.
 fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
-        fs::remove_file(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.distroctl-new"));
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    fs::write(path, contents)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    drop(file);
+    fs::rename(&tmp, path)
 }
 
 /// Points stdin, stdout and stderr at `/dev/null` so the agent's pipes close.

@@ -113,6 +113,15 @@ impl IsolatedNetworks {
         result.map(|()| link)
     }
 
+    /// Marks `slot` as used by `name`, a distro taken back from an earlier
+    /// agent whose link still exists.
+    pub fn claim(&self, slot: u8, name: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot, name.to_owned());
+    }
+
     /// Forgets the slot of `name` (its link went away with its namespace).
     pub fn detach(&self, name: &str) {
         self.slots

@@ -2,10 +2,13 @@
 //! over vsock (or a Unix socket in tests). Each distro is a directory on the
 //! data disk started as its own namespace-isolated environment.
 
+pub mod adoption;
 pub mod archive;
 pub mod cgroup;
 pub mod clock;
+pub mod device_filter;
 pub mod distro_init;
+pub mod distro_root;
 pub mod exec;
 pub mod isolated_net;
 pub mod lifecycle;
@@ -13,6 +16,7 @@ pub mod namespaces;
 pub mod port_watch;
 pub mod relay;
 pub mod server;
+pub mod settings_check;
 pub mod sock_diag;
 pub mod store;
 pub mod transfer;

@@ -9,16 +9,19 @@ use std::time::Duration;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protocol::{DistroInfo, DistroState, ErrorKind, NetworkMode, Response};
+use protocol::{DistroInfo, DistroSettings, DistroState, ErrorKind, NetworkMode, Response};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{watch, Mutex};
 
+use crate::adoption::RunningRecord;
 use crate::cgroup::{Cgroups, DistroCgroup};
-use crate::distro_init::READY_LINE;
+use crate::distro_init::{DistroInitConfig, READY_LINE, REAPER_COMM, ROLE_ENV};
+use crate::distro_root::{off_runtime, DistroRoot};
 use crate::isolated_net::IsolatedNetworks;
 use crate::namespaces::spawn_as_pid1;
+use crate::settings_check::{check_against_root, SettingsError};
 use crate::store::{disk_usage, Store, StoreError};
 
 /// How long a distro may take to set itself up before start fails.
@@ -50,6 +53,9 @@ pub enum LifecycleError {
         /// What its PID 1 printed.
         message: String,
     },
+    /// A setting given to `configure` or `import` cannot be used.
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
     /// Its processes did not go away.
     #[error("distro {0} did not stop within {TERMINATE_TIMEOUT:?}")]
     StopTimeout(String),
@@ -62,8 +68,10 @@ impl LifecycleError {
             LifecycleError::Store(e) => return store_error_response(e),
             LifecycleError::Spawn { .. } | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
             LifecycleError::StopTimeout(_) => ErrorKind::Internal,
+            LifecycleError::Settings(SettingsError::NoSuchUser { .. }) => ErrorKind::NoSuchUser,
+            LifecycleError::Settings(_) => ErrorKind::BadRequest,
         };
-        Response::error(kind, self.to_string())
+        Response::error(kind, crate::error_chain(self))
     }
 }
 
@@ -86,8 +94,8 @@ async fn reap_failed_start(
     cgroup: Option<&DistroCgroup>,
 ) -> Option<std::process::ExitStatus> {
     let status = child.wait().await.ok();
-    if let Some(g) = cgroup {
-        g.remove();
+    if let Some(g) = cgroup.cloned() {
+        let _ = tokio::task::spawn_blocking(move || g.remove()).await;
     }
     status
 }
@@ -135,6 +143,9 @@ pub struct Distros {
     pub store: Store,
     cgroups: Option<Cgroups>,
     running: Mutex<HashMap<String, Running>>,
+    /// One gate per distro, held while it starts or is terminated, so a
+    /// slow start holds up only requests for that same distro.
+    gates: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     importing: Arc<std::sync::Mutex<HashSet<String>>>,
     agent_exe: PathBuf,
     networks: Arc<IsolatedNetworks>,
@@ -163,6 +174,7 @@ impl Distros {
             store,
             cgroups,
             running: Mutex::new(HashMap::new()),
+            gates: std::sync::Mutex::default(),
             importing: Arc::default(),
             agent_exe,
             networks: Arc::default(),
@@ -175,14 +187,20 @@ impl Distros {
         map.get(name).filter(|r| !r.is_stopped()).cloned()
     }
 
+    fn gate(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(gates.entry(name.to_string()).or_default())
+    }
+
     /// Starts `name` unless it runs already.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<Started, LifecycleError> {
-        let mut map = self.running.lock().await;
-        if let Some(r) = map.get(name).filter(|r| !r.is_stopped()) {
+        let gate = self.gate(name);
+        let _turn = gate.lock().await;
+        if let Some(r) = self.running(name).await {
             return Ok(Started {
-                running: r.clone(),
-                already_running: true,
                 limits_available: r.cgroup.as_ref().is_some_and(|c| c.limits_applied),
+                running: r,
+                already_running: true,
             });
         }
         let rootfs = self.store.rootfs(name)?;
@@ -202,23 +220,22 @@ impl Distros {
             source,
         };
 
+        let init_config = serde_json::to_vec(&DistroInitConfig {
+            name: name.to_string(),
+            rootfs: rootfs.clone(),
+            systemd: settings.systemd,
+            cgroup: cgroup.is_some(),
+            resolv_conf: String::new(),
+        })
+        .expect("settings serialise");
         let mut cmd = Command::new(&self.agent_exe);
-        cmd.arg("distro-init")
-            .arg("--name")
-            .arg(name)
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .stdin(std::process::Stdio::null())
+        cmd.arg0(REAPER_COMM)
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .env_clear()
+            .env(ROLE_ENV, "1")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        if settings.systemd {
-            cmd.arg("--systemd");
-        }
-        if cgroup.is_some() {
-            cmd.arg("--cgroup");
-        }
         let procs = match &cgroup {
             Some(g) => Some(
                 std::fs::OpenOptions::new()
@@ -261,6 +278,7 @@ impl Distros {
             .ok_or_else(|| spawn_err(io::Error::other("PID 1 exited at once")))?
             as i32;
 
+        let mut network_slot = None;
         if isolated {
             let networks = Arc::clone(&self.networks);
             let owner = name.to_owned();
@@ -268,6 +286,7 @@ impl Distros {
             let failure = match attached {
                 Ok(Ok(link)) => {
                     tracing::info!(distro = name, address = %link.address(), "isolated network up");
+                    network_slot = Some(link.slot);
                     None
                 }
                 Ok(Err(e)) => Some(crate::error_chain(&e)),
@@ -286,6 +305,10 @@ impl Distros {
             }
         }
 
+        // A few hundred bytes: they fit the pipe, so this never waits.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, &init_config).await;
+        }
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let mut line = String::new();
@@ -317,27 +340,25 @@ impl Distros {
             network: settings.network,
             stopped: rx,
         };
-        map.insert(name.to_string(), running.clone());
-        drop(map);
+        self.running
+            .lock()
+            .await
+            .insert(name.to_string(), running.clone());
         tracing::info!(distro = name, pid1, "distro started");
-
-        let this = Arc::clone(self);
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let code = status.ok().map(crate::exec::exit_code);
-            tracing::info!(distro = %name, ?code, "distro stopped");
-            let mut map = this.running.lock().await;
-            if let Some(r) = map.get(&name).filter(|r| r.pid1 == pid1) {
-                if let Some(g) = &r.cgroup {
-                    g.kill_all();
-                    g.remove();
+        // So that an agent started after this one dies takes it back.
+        match RunningRecord::of(pid1, network_slot, running.cgroup.is_some()) {
+            Some(record) => {
+                if let Err(e) = record.write(&running.rootfs) {
+                    tracing::warn!(distro = name, error = %e, "could not record the running distro");
                 }
-                map.remove(&name);
-                this.networks.detach(&name);
             }
-            let _ = tx.send(true);
-        });
+            None => tracing::warn!(distro = name, "PID 1 gone before it could be recorded"),
+        }
+        let exited = async move {
+            let status = child.wait().await;
+            status.ok().map(crate::exec::exit_code)
+        };
+        self.watch_stop(name, &running, exited, tx);
         Ok(Started {
             limits_available: running.cgroup.as_ref().is_some_and(|c| c.limits_applied),
             running,
@@ -345,9 +366,112 @@ impl Distros {
         })
     }
 
+    /// Cleans up after the distro `name` once `exited` (its PID 1's exit)
+    /// completes, and tells the waiters.
+    fn watch_stop(
+        self: &Arc<Self>,
+        name: &str,
+        running: &Running,
+        exited: impl std::future::Future<Output = Option<i32>> + Send + 'static,
+        tx: watch::Sender<bool>,
+    ) {
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        let (pid1, rootfs, cgroup) = (running.pid1, running.rootfs.clone(), running.cgroup.clone());
+        tokio::spawn(async move {
+            let code = exited.await;
+            tracing::info!(distro = %name, ?code, "distro stopped");
+            if let Some(g) = cgroup {
+                // Waiting for the last processes to go is blocking work.
+                let _ = tokio::task::spawn_blocking(move || {
+                    g.kill_all();
+                    g.remove();
+                })
+                .await;
+            }
+            let mut map = this.running.lock().await;
+            if map.get(&name).is_some_and(|r| r.pid1 == pid1) {
+                map.remove(&name);
+                this.networks.detach(&name);
+                RunningRecord::remove(&rootfs);
+            }
+            let _ = tx.send(true);
+        });
+    }
+
+    /// Takes back the distros an earlier agent left running (see
+    /// [`crate::adoption`]); stops what is left of those whose PID 1 is gone.
+    pub async fn adopt_running(self: &Arc<Self>) {
+        let Ok(names) = self.store.names() else {
+            return;
+        };
+        for name in names {
+            let Ok(rootfs) = self.store.rootfs(&name) else {
+                continue;
+            };
+            let record = RunningRecord::read(&rootfs).filter(RunningRecord::is_alive);
+            let adopted = match record {
+                Some(record) => self.adopt(&name, rootfs.clone(), record).await,
+                None => false,
+            };
+            if !adopted {
+                RunningRecord::remove(&rootfs);
+                if let Some(group) = self.cgroups.as_ref().and_then(|c| c.existing(&name)) {
+                    tracing::warn!(distro = %name, "stopping what is left of a distro whose init is gone");
+                    group.kill_all();
+                    group.remove();
+                }
+            }
+        }
+    }
+
+    async fn adopt(self: &Arc<Self>, name: &str, rootfs: PathBuf, record: RunningRecord) -> bool {
+        let watched = match crate::adoption::ForeignProcess::watch(record.pid1) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(distro = name, error = %e, "cannot watch the running distro's init");
+                return false;
+            }
+        };
+        let settings = self.store.settings(name).unwrap_or_default();
+        let cgroup = match (&self.cgroups, record.cgroup) {
+            (Some(c), true) => c.existing(name),
+            _ => None,
+        };
+        if let Some(slot) = record.network_slot {
+            self.networks.claim(slot, name);
+        }
+        let (tx, rx) = watch::channel(false);
+        let running = Running {
+            pid1: record.pid1,
+            cgroup,
+            rootfs: rootfs.clone(),
+            network: settings.network,
+            stopped: rx,
+        };
+        self.running
+            .lock()
+            .await
+            .insert(name.to_string(), running.clone());
+        tracing::info!(
+            distro = name,
+            pid1 = record.pid1,
+            "took back a distro left running by an earlier agent"
+        );
+        let exited = async move {
+            watched.exited().await;
+            None
+        };
+        self.watch_stop(name, &running, exited, tx);
+        true
+    }
+
     /// Kills every process of `name`; its files stay. Not running is fine.
     pub async fn terminate(&self, name: &str) -> Result<(), LifecycleError> {
         self.store.rootfs(name)?;
+        // A start in progress finishes first, so it cannot outlive this.
+        let gate = self.gate(name);
+        let _turn = gate.lock().await;
         let Some(mut running) = self.running(name).await else {
             return Ok(());
         };
@@ -361,6 +485,38 @@ impl Distros {
             .await
             .map_err(|_| LifecycleError::StopTimeout(name.to_string()))?;
         tracing::info!(distro = name, "distro terminated");
+        Ok(())
+    }
+
+    /// Checks `settings` against the distro and stores them. The default
+    /// user applies from the next exec, limits at once when the distro runs
+    /// (and has a cgroup), the init and network from its next start.
+    pub async fn configure(
+        &self,
+        name: &str,
+        settings: DistroSettings,
+    ) -> Result<(), LifecycleError> {
+        let rootfs = self.store.rootfs(name)?;
+        let running = self.running(name).await;
+        // A running distro's own view (its mounts included); else its files.
+        let root = match &running {
+            Some(r) => PathBuf::from(format!("/proc/{}/root", r.pid1)),
+            None => rootfs,
+        };
+        let checked = settings.clone();
+        let distro = name.to_string();
+        off_runtime(name, move || {
+            let root = DistroRoot::open(&distro, &root)?;
+            Ok(check_against_root(&root, &checked))
+        })
+        .await
+        .map_err(SettingsError::from)??;
+        self.store.set_settings(name, &settings)?;
+        if let (Some(cgroups), Some(r)) = (&self.cgroups, &running) {
+            if r.cgroup.is_some() && !cgroups.apply_limits(name, &settings.limits) {
+                tracing::warn!(distro = name, "new limits not applied");
+            }
+        }
         Ok(())
     }
 

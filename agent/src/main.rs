@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use agent::distro_init::{self, DistroInitConfig};
+use agent::distro_init;
 use agent::lifecycle::Distros;
 use agent::server::{Agent, ListenAddr};
 use agent::store::Store;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 /// The distroctl guest agent: imports, starts and runs distros, each in its
 /// own namespaces, on behalf of the host.
@@ -22,45 +22,18 @@ struct Cli {
     /// cgroup2 mount under which distro groups are made.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
-    #[command(subcommand)]
-    internal: Option<Internal>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Internal {
-    /// PID 1 of a distro (started by the agent itself).
-    #[command(hide = true)]
-    DistroInit {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        rootfs: PathBuf,
-        #[arg(long)]
-        systemd: bool,
-        #[arg(long)]
-        cgroup: bool,
-    },
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Some(Internal::DistroInit {
-        name,
-        rootfs,
-        systemd,
-        cgroup,
-    }) = cli.internal
-    {
+    // A distro's PID 1 is this binary started as plain `init` (so `ps` in
+    // the distro shows no VM paths); its settings arrive on stdin.
+    if std::env::var_os(distro_init::ROLE_ENV).is_some() {
+        std::env::remove_var(distro_init::ROLE_ENV);
         let resolv_conf = std::fs::read_to_string("/etc/resolv.conf")
             .unwrap_or_else(|_| "nameserver 10.0.2.3\n".into());
-        distro_init::run(DistroInitConfig {
-            name,
-            rootfs,
-            systemd,
-            cgroup,
-            resolv_conf: strip_comments(&resolv_conf),
-        });
+        distro_init::run_from_stdin(strip_comments(&resolv_conf));
     }
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DISTROCTL_LOG")
@@ -93,6 +66,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let cgroups = agent::cgroup::Cgroups::detect(&cli.cgroup_root);
     let exe = std::env::current_exe()?;
     let distros = Distros::new(store, cgroups, exe);
+    distros.adopt_running().await;
     let agent = Agent::new(distros);
     agent.serve(&cli.listen).await?;
     Ok(())

@@ -117,6 +117,10 @@ async fn spawn_on_fresh_thread(mut cmd: Command, pid_ns: Option<OwnedFd>) -> io:
                 None => PidNamespace::New,
             };
             let result = enter_pid_ns_for_children(ns).and_then(|()| cmd.spawn());
+            // The command holds the namespace descriptors its pre_exec hook
+            // needed; close them before the caller goes on.
+            drop(cmd);
+            drop(pid_ns);
             let _ = tx.send(result);
         })?;
     rx.await

@@ -13,11 +13,45 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::Distros;
 
-/// How long a new connection may take to send its hello.
+/// How long a new connection may take to send its hello and its request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections that may be between accept and their request at once
+/// (unauthenticated: they have said nothing yet). A newcomer beyond that
+/// closes the one that has waited longest, so idle connections can never
+/// lock real clients out; the accept loop itself never waits.
+pub const MAX_HANDSHAKING: usize = 128;
+
+/// The connections in their handshake, oldest first (ids only grow).
+#[derive(Debug, Default)]
+struct Handshakes {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, CancellationToken>,
+}
+
+impl Handshakes {
+    /// Registers a new connection, cancelling the oldest when full.
+    fn enter(&mut self) -> (u64, CancellationToken) {
+        if self.waiting.len() >= MAX_HANDSHAKING {
+            if let Some((_, oldest)) = self.waiting.pop_first() {
+                oldest.cancel();
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let token = CancellationToken::new();
+        self.waiting.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
+}
 
 /// Any byte stream a client can reach the agent over.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -84,6 +118,7 @@ pub struct ListenError {
 /// The agent's shared state.
 pub struct Agent {
     distros: Arc<Distros>,
+    handshakes: std::sync::Mutex<Handshakes>,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -93,6 +128,7 @@ impl Agent {
     pub fn new(distros: Arc<Distros>) -> Arc<Self> {
         Arc::new(Agent {
             distros,
+            handshakes: std::sync::Mutex::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         })
@@ -136,6 +172,14 @@ impl Agent {
         Ok(())
     }
 
+    /// Serves one client connection to its end, as the listeners do for
+    /// each accepted one (for fuzzing and tests without a socket).
+    pub async fn serve_stream(self: &Arc<Self>, stream: Box<dyn Transport>) {
+        Arc::clone(self)
+            .handle(Framed::new(stream, FrameCodec))
+            .await;
+    }
+
     fn spawn_connection(self: &Arc<Self>, stream: Box<dyn Transport>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -145,9 +189,43 @@ impl Agent {
     }
 
     async fn handle(self: Arc<Self>, mut conn: Connection) {
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await;
-        match first {
-            Ok(Some(Ok(Frame::Hello(hello)))) if hello.magic == HELLO_MAGIC => {
+        let lock = || self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, pushed_out) = lock().enter();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut conn)) => Some(r),
+            _ = pushed_out.cancelled() => None,
+        };
+        lock().leave(id);
+        let request = match outcome {
+            Some(Ok(Some(request))) => request,
+            Some(Ok(None)) => return,
+            Some(Err(_)) => {
+                tracing::warn!(
+                    "closing connection: no hello and request within {HANDSHAKE_TIMEOUT:?}"
+                );
+                return;
+            }
+            None => {
+                tracing::warn!(
+                    "closing connection: {MAX_HANDSHAKING} newer ones are in their handshake"
+                );
+                return;
+            }
+        };
+        tracing::debug!(?request, "request");
+        if self.shutting_down.load(Ordering::SeqCst) {
+            let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+        self.dispatch(conn, request).await;
+    }
+
+    /// Hello both ways, then the one request; `None` when the connection
+    /// ended or was refused (and answered where that helps).
+    async fn handshake(&self, conn: &mut Connection) -> Option<Request> {
+        match conn.next().await {
+            Some(Ok(Frame::Hello(hello))) if hello.magic == HELLO_MAGIC => {
                 if hello.protocol != PROTOCOL_VERSION {
                     let msg = format!(
                         "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION}); update distroctl",
@@ -159,50 +237,39 @@ impl Agent {
                             msg,
                         )))
                         .await;
-                    return;
+                    return None;
                 }
                 crate::clock::follow_host(hello.wall_clock.as_ref());
                 let reply = Hello::new(concat!("distroctl-agent ", env!("CARGO_PKG_VERSION")));
                 if conn.send(Frame::Hello(reply)).await.is_err() {
-                    return;
+                    return None;
                 }
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad handshake bytes");
-                return;
+                return None;
             }
-            Ok(Some(Ok(other))) => {
+            Some(Ok(other)) => {
                 tracing::warn!(kind = ?other.kind(), "closing connection: expected hello");
-                return;
+                return None;
             }
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!("closing connection: no hello within {HANDSHAKE_TIMEOUT:?}");
-                return;
-            }
+            None => return None,
         }
-        let request = match conn.next().await {
-            Some(Ok(Frame::Request(r))) => r,
+        match conn.next().await {
+            Some(Ok(Frame::Request(r))) => Some(r),
             Some(Ok(other)) => {
                 let msg = format!("expected a request, got a {:?} frame", other.kind());
                 let _ = conn
                     .send(Frame::Response(Response::error(ErrorKind::BadRequest, msg)))
                     .await;
-                return;
+                None
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %crate::error_chain(&e), "closing connection: bad request bytes");
-                return;
+                None
             }
-            None => return,
-        };
-        tracing::debug!(?request, "request");
-        if self.shutting_down.load(Ordering::SeqCst) {
-            let resp = Response::error(ErrorKind::ShuttingDown, "the agent is shutting down");
-            let _ = conn.send(Frame::Response(resp)).await;
-            return;
+            None => None,
         }
-        self.dispatch(conn, request).await;
     }
 
     async fn dispatch(&self, mut conn: Connection, request: Request) {
@@ -232,12 +299,11 @@ impl Agent {
                 Ok(distros) => Response::Distros { distros },
                 Err(e) => e.to_response(),
             },
-            Request::Configure { name, settings } => {
-                match distros.store.set_settings(&name, &settings) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => crate::lifecycle::store_error_response(&e),
-                }
-            }
+            Request::Configure { name, settings } => match distros.configure(&name, settings).await
+            {
+                Ok(()) => Response::Ok,
+                Err(e) => e.to_response(),
+            },
             Request::Unregister { name } => match distros.unregister(&name).await {
                 Ok(()) => Response::Ok,
                 Err(e) => e.to_response(),
@@ -258,5 +324,25 @@ impl Agent {
             }
         };
         let _ = conn.send(Frame::Response(response)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_handshake_list_cancels_the_oldest_connection() {
+        let mut handshakes = Handshakes::default();
+        let tokens: Vec<_> = (0..MAX_HANDSHAKING).map(|_| handshakes.enter()).collect();
+
+        let (_, newest) = handshakes.enter();
+
+        assert!(tokens[0].1.is_cancelled(), "the oldest was pushed out");
+        assert!(tokens[1..].iter().all(|(_, t)| !t.is_cancelled()));
+        assert!(!newest.is_cancelled());
+        assert_eq!(handshakes.waiting.len(), MAX_HANDSHAKING);
+        handshakes.leave(tokens[5].0);
+        assert_eq!(handshakes.waiting.len(), MAX_HANDSHAKING - 1);
     }
 }

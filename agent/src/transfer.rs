@@ -49,6 +49,11 @@ pub async fn import(
     top_dir: Option<String>,
     distros: Arc<Distros>,
 ) {
+    if let Err(e) = crate::settings_check::check_limits(&settings.limits) {
+        let resp = crate::lifecycle::LifecycleError::from(e).to_response();
+        let _ = conn.send(Frame::Response(resp)).await;
+        return;
+    }
     let _reservation = match distros.reserve_import(&name).await {
         Ok(r) => r,
         Err(resp) => {
@@ -108,6 +113,13 @@ pub async fn import(
         (Ok(_), Some(dir)) => staging.lift(dir),
         _ => Ok(()),
     };
+    if result.is_ok() && lifted.is_ok() {
+        if let Err(resp) = check_imported(&name, &staging, settings).await {
+            drop(staging);
+            let _ = conn.send(Frame::Response(resp)).await;
+            return;
+        }
+    }
     let response = match (result, lifted) {
         (Ok(_), Err(e)) => {
             tracing::warn!(distro = %name, error = %crate::error_chain(&e), "import failed");
@@ -137,6 +149,33 @@ pub async fn import(
         }
     };
     let _ = conn.send(Frame::Response(response)).await;
+}
+
+/// Checks the settings an import asked for (a default user, systemd)
+/// against the extracted files, before the distro is installed.
+async fn check_imported(
+    name: &str,
+    staging: &crate::store::Staging,
+    settings: DistroSettings,
+) -> Result<(), Response> {
+    let rootfs = staging.rootfs();
+    let distro = name.to_string();
+    let checked = crate::distro_root::off_runtime(name, move || {
+        let root = crate::distro_root::DistroRoot::open(&distro, &rootfs)?;
+        Ok(crate::settings_check::check_against_root(&root, &settings))
+    })
+    .await
+    .map_err(crate::settings_check::SettingsError::from)
+    .and_then(|r| r);
+    checked.map_err(|e| {
+        let e = crate::lifecycle::LifecycleError::from(e);
+        tracing::warn!(distro = %name, error = %crate::error_chain(&e), "import refused");
+        let mut resp = e.to_response();
+        if let Response::Error(err) = &mut resp {
+            err.message = format!("import of {name} refused: {}", err.message);
+        }
+        resp
+    })
 }
 
 /// Blocking [`Write`] that hands chunks to the connection task.

@@ -23,6 +23,22 @@ pub fn can_run_agent() -> bool {
     true
 }
 
+/// A cgroup2 hierarchy to make distro groups under (`/sys/fs/cgroup`, or
+/// the unified one of a hybrid host); `None`, with the reason printed,
+/// when the host has none.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let is_cgroup2 =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == 0x6367_7270);
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| is_cgroup2(p));
+    if root.is_none() {
+        eprintln!("SKIP: no cgroup2 hierarchy on this host");
+    }
+    root.map(Path::to_path_buf)
+}
+
 /// Path of a built binary of this workspace.
 pub fn binary(name: &str) -> PathBuf {
     let distroctl = PathBuf::from(env!("CARGO_BIN_EXE_distroctl"));
@@ -57,7 +73,35 @@ pub fn debian_rootfs() -> &'static Path {
 pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    cgroup_root: PathBuf,
     child: Child,
+}
+
+/// Starts `distroctl-agent` serving `socket` with its data under `dir`,
+/// appending to `dir/agent.log`; returns once the socket exists.
+fn spawn_agent(dir: &Path, socket: &Path, cgroup_root: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    let child = Command::new(binary("distroctl-agent"))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cgroup-root")
+        .arg(cgroup_root)
+        .env("DISTROCTL_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .expect("spawn distroctl-agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "agent did not create its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 impl TestAgent {
@@ -73,28 +117,42 @@ impl TestAgent {
             .tempdir_in(std::env::var_os("DISTROCTL_TEST_TMP").unwrap_or_else(|| "/var/tmp".into()))
             .unwrap();
         let socket = dir.path().join("agent.sock");
-        let child = Command::new(binary("distroctl-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--cgroup-root")
-            .arg(cgroup_root.map_or_else(|| dir.path().join("no-cgroup"), Path::to_path_buf))
-            .env("DISTROCTL_LOG", "debug")
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .expect("spawn distroctl-agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "agent did not create its socket");
-            std::thread::sleep(Duration::from_millis(10));
+        let cgroup_root =
+            cgroup_root.map_or_else(|| dir.path().join("no-cgroup"), Path::to_path_buf);
+        let child = spawn_agent(dir.path(), &socket, &cgroup_root);
+        TestAgent {
+            dir,
+            socket,
+            cgroup_root,
+            child,
         }
-        TestAgent { dir, socket, child }
+    }
+
+    /// Kills the agent with SIGKILL, as the OOM killer would, and starts a
+    /// new one on the same data directory and socket (as init does in the
+    /// VM).
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_agent(self.dir.path(), &self.socket, &self.cgroup_root);
     }
 
     /// Host PID of the agent.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// True while the agent process the test started still runs (it was
+    /// neither killed nor replaced).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
     }
 
     /// The data directory.
@@ -242,6 +300,10 @@ pub fn text(bytes: &[u8]) -> String {
 /// Reads from a PTY master until `needle` shows up or time runs out.
 fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) -> bool {
     use std::io::Read;
+    // An earlier read may have brought it already, with nothing more to come.
+    if seen.contains(needle) {
+        return true;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {

@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use protocol::{ErrorKind, ExecRequest, Frame, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
+use crate::distro_root::{off_runtime, DistroFileError, DistroRoot};
 use crate::lifecycle::{Distros, Running};
 use crate::namespaces::{default_signal_actions_in_child, spawn_in_pid_ns, DistroNamespaces};
 use crate::server::Connection;
@@ -31,6 +32,10 @@ pub use passwd::{lookup, User};
 /// After the process exits, output still arriving is forwarded until the
 /// streams are idle this long (a background job may hold them open forever).
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
+
+/// How long a process whose client disappeared has between SIGHUP and
+/// SIGKILL.
+pub const HANGUP_GRACE: Duration = Duration::from_secs(3);
 
 /// Size of one output chunk.
 const CHUNK: usize = 64 * 1024;
@@ -48,7 +53,8 @@ struct Plan {
     arg0: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    cwd: CString,
+    /// The working directory, resolved inside the distro (`O_PATH`).
+    cwd: OwnedFd,
     user: User,
 }
 
@@ -86,26 +92,41 @@ pub async fn serve(mut conn: Connection, req: ExecRequest, distros: Arc<Distros>
         return;
     }
     let (sink, source) = conn.split();
-    match io {
+    let (report, code) = match io {
         ProcessIo::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
-            let input = tokio::spawn(pipe_input(source, stdin, host_pid));
-            let status =
-                pump_output(sink, &mut child, Box::new(stdout), Some(Box::new(stderr))).await;
+            let mut input = tokio::spawn(pipe_input(source, stdin, host_pid));
+            let outcome = pump_output(
+                sink,
+                &mut child,
+                &mut input,
+                Box::new(stdout),
+                Some(Box::new(stderr)),
+            )
+            .await;
             input.abort();
-            tracing::debug!(pid = host_pid, ?status, "exec finished");
+            let _ = input.await;
+            outcome
         }
         ProcessIo::Pty(master) => {
             let master = Arc::new(master);
-            let input = tokio::spawn(pty_input(source, Arc::clone(&master), host_pid));
+            let mut input = tokio::spawn(pty_input(source, Arc::clone(&master), host_pid));
             let reader = PtyReader(Arc::clone(&master));
-            let status = pump_output(sink, &mut child, Box::new(reader), None).await;
+            let outcome = pump_output(sink, &mut child, &mut input, Box::new(reader), None).await;
             input.abort();
-            tracing::debug!(pid = host_pid, ?status, "exec finished");
+            let _ = input.await;
+            outcome
         }
+    };
+    tracing::debug!(pid = host_pid, code, "exec finished");
+    // Everything of this exec is closed before the client hears it ended.
+    drop(child);
+    if let Some(mut sink) = report {
+        let _ = sink.send(Frame::Exit(code)).await;
+        let _ = sink.close().await;
     }
 }
 
@@ -117,31 +138,14 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
         .map_err(|e| e.to_response())?;
     let running = started.running;
     let settings = distros.store.settings(&req.distro).unwrap_or_default();
-    let root = PathBuf::from(format!("/proc/{}/root", running.pid1));
     let spec = req
         .user
         .clone()
         .or(settings.default_user)
         .unwrap_or_else(|| "root".into());
-    let user = passwd::lookup(&root, &spec).ok_or_else(|| {
-        error(
-            ErrorKind::NoSuchUser,
-            format!("user {spec} does not exist in distro {}", req.distro),
-        )
-    })?;
-    let cwd = match &req.cwd {
-        Some(dir) => {
-            if !dir.starts_with('/') || !in_root(&root, dir).is_dir() {
-                return Err(error(
-                    ErrorKind::BadRequest,
-                    format!("directory {dir} does not exist in distro {}", req.distro),
-                ));
-            }
-            dir.clone()
-        }
-        None if in_root(&root, &user.home).is_dir() => user.home.clone(),
-        None => "/".into(),
-    };
+    let (user, cwd) = resolve_user_and_cwd(&req.distro, running.pid1, spec, req.cwd.clone())
+        .await
+        .map_err(|e| e.to_response())?;
     let (program, arg0, args) = match req.argv.split_first() {
         Some((prog, rest)) => (prog.clone(), prog.clone(), rest.to_vec()),
         None => {
@@ -184,7 +188,7 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
         arg0,
         args,
         env,
-        cwd: cstr(&cwd, "directory")?,
+        cwd,
         user,
     };
     if req.argv.iter().any(|a| a.contains('\0')) {
@@ -193,9 +197,72 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
     Ok((running, plan))
 }
 
-/// `path` (absolute, inside the distro) seen through the distro's root.
-fn in_root(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
+/// Why the user or working directory of an exec cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    /// No such user in the distro's `/etc/passwd`.
+    #[error("user {user} does not exist in distro {distro}")]
+    NoSuchUser {
+        /// Distro.
+        distro: String,
+        /// The name asked for.
+        user: String,
+    },
+    /// `--cd` is relative.
+    #[error("directory {0} is not an absolute path")]
+    RelativeCwd(String),
+    /// Reading the distro's files failed (not regular, missing `--cd`, …).
+    #[error("{0}")]
+    Files(#[from] DistroFileError),
+}
+
+impl ResolveError {
+    fn to_response(&self) -> Response {
+        let kind = match self {
+            ResolveError::NoSuchUser { .. } => ErrorKind::NoSuchUser,
+            ResolveError::RelativeCwd(_) | ResolveError::Files(_) => ErrorKind::BadRequest,
+        };
+        error(kind, crate::error_chain(self))
+    }
+}
+
+/// Looks `spec` up and checks the working directory, both inside the
+/// running distro's own root (its mounts included) and off the runtime.
+async fn resolve_user_and_cwd(
+    distro: &str,
+    pid1: i32,
+    spec: String,
+    cwd: Option<String>,
+) -> Result<(User, OwnedFd), ResolveError> {
+    if let Some(dir) = cwd.as_ref().filter(|d| !d.starts_with('/')) {
+        return Err(ResolveError::RelativeCwd(dir.clone()));
+    }
+    let name = distro.to_string();
+    let (user, cwd) = off_runtime(distro, move || {
+        let root = DistroRoot::open(&name, Path::new(&format!("/proc/{pid1}/root")))?;
+        let user = passwd::lookup(&root, &spec)?;
+        let home = user
+            .as_ref()
+            .and_then(|u| root.open_directory(&u.home).ok());
+        let cwd = match (home, cwd) {
+            (_, Some(dir)) => root.open_directory(&dir).map_err(|e| match e {
+                DistroFileError::Missing { distro, path } => DistroFileError::Missing {
+                    distro,
+                    path: format!("directory {path}"),
+                },
+                other => other,
+            })?,
+            (Some(home), None) => home,
+            (None, None) => root.open_directory("/")?,
+        };
+        Ok((user.ok_or(spec), cwd))
+    })
+    .await?;
+    let user = user.map_err(|user| ResolveError::NoSuchUser {
+        distro: distro.to_string(),
+        user,
+    })?;
+    Ok((user, cwd))
 }
 
 enum ProcessIo {
@@ -246,7 +313,7 @@ async fn spawn(
             .stderr(Stdio::piped());
     }
     let user = plan.user.clone();
-    let cwd = plan.cwd.clone();
+    let cwd = plan.cwd;
     let pid_ns = ns
         .pid
         .try_clone()
@@ -273,8 +340,8 @@ async fn spawn(
             nix::unistd::setgroups(&groups)?;
             nix::unistd::setgid(Gid::from_raw(user.gid))?;
             nix::unistd::setuid(Uid::from_raw(user.uid))?;
-            // `cwd` is a valid NUL-terminated string owned by the closure.
-            if libc::chdir(cwd.as_ptr()) < 0 {
+            // `cwd` is an open descriptor owned by the closure.
+            if libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&cwd)) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -321,13 +388,17 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// Forwards the process's output as frames until it has exited and its
-/// streams are drained, then sends the exit status.
+/// streams are drained; returns its exit status, with the sink to report it
+/// on. When the client goes away first (`input` ends: its connection
+/// closed), the process group is hung up as a closed terminal would be, and
+/// there is nobody to report to.
 async fn pump_output(
     mut sink: Sink,
     child: &mut Child,
+    input: &mut tokio::task::JoinHandle<()>,
     mut out: Box<dyn AsyncRead + Unpin + Send>,
     mut err: Option<Box<dyn AsyncRead + Unpin + Send>>,
-) -> Option<i32> {
+) -> (Option<Sink>, i32) {
     let mut out_buf = BytesMut::with_capacity(CHUNK);
     let mut err_buf = BytesMut::with_capacity(CHUNK);
     let mut out_open = true;
@@ -349,21 +420,37 @@ async fn pump_output(
             s = child.wait(), if status.is_none() => {
                 status = Some(s.map(exit_code).unwrap_or(255));
             }
+            _ = &mut *input, if status.is_none() => break,
             _ = tokio::time::sleep(DRAIN_IDLE), if draining => break,
         }
     }
-    if status.is_none() {
-        // The client went away: hang up on the process like a closed terminal.
-        if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGHUP);
-        }
-        status = child.wait().await.ok().map(exit_code);
-        return status;
+    match status {
+        Some(code) => (Some(sink), code),
+        None => (None, hang_up(child).await),
     }
-    let code = status.expect("set");
-    let _ = sink.send(Frame::Exit(code)).await;
-    let _ = sink.close().await;
-    Some(code)
+}
+
+/// Ends a process whose client went away, as sshd does: SIGHUP to its
+/// process group, then SIGKILL to what is left after [`HANGUP_GRACE`].
+async fn hang_up(child: &mut Child) -> i32 {
+    let Some(pid) = child.id() else {
+        return child.wait().await.map(exit_code).unwrap_or(255);
+    };
+    let group = Pid::from_raw(-(pid as i32));
+    tracing::debug!(pid, "exec client went away; hanging up");
+    let _ = kill(group, Signal::SIGHUP);
+    let _ = kill(group, Signal::SIGCONT);
+    let status = match tokio::time::timeout(HANGUP_GRACE, child.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::debug!(pid, "still running after SIGHUP; killing its process group");
+            let _ = kill(group, Signal::SIGKILL);
+            child.wait().await
+        }
+    };
+    // Whatever else of the group ignored the hangup goes too.
+    let _ = kill(group, Signal::SIGKILL);
+    status.map(exit_code).unwrap_or(255)
 }
 
 /// Reads one chunk; `None` at end of stream. Never completes for an absent

@@ -1,6 +1,7 @@
-//! User lookup in a distro's own `/etc/passwd` and `/etc/group`.
+//! User lookup in a distro's own `/etc/passwd` and `/etc/group`, read
+//! through [`DistroRoot`] so a distro can only ever name its own accounts.
 
-use std::path::Path;
+use crate::distro_root::{DistroFileError, DistroRoot, MAX_ACCOUNT_FILE};
 
 /// A user as the distro knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +20,19 @@ pub struct User {
     pub shell: String,
 }
 
-/// Finds `spec` (a name or a numeric uid) in the distro rooted at `root`.
+/// Finds `spec` (a name or a numeric uid) in the distro behind `root`.
 /// A numeric uid without an entry is allowed, as `docker exec -u` does;
-/// an unknown name is `None`.
-pub fn lookup(root: &Path, spec: &str) -> Option<User> {
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+/// an unknown name is `Ok(None)`. A missing file counts as empty; one that
+/// is not a regular file, or is huge, is an error.
+pub fn lookup(root: &DistroRoot, spec: &str) -> Result<Option<User>, DistroFileError> {
+    let passwd = root.read_text_or_empty("/etc/passwd", MAX_ACCOUNT_FILE)?;
+    let group = root.read_text_or_empty("/etc/group", MAX_ACCOUNT_FILE)?;
+    Ok(find(&passwd, &group, spec))
+}
+
+fn find(passwd: &str, group: &str, spec: &str) -> Option<User> {
     let numeric = spec.parse::<u32>().ok();
-    let mut user = parse_passwd(&passwd)
+    let mut user = parse_passwd(passwd)
         .find(|u| u.name == spec || Some(u.uid) == numeric)
         .or_else(|| {
             numeric.map(|uid| User {
@@ -38,7 +44,7 @@ pub fn lookup(root: &Path, spec: &str) -> Option<User> {
                 shell: "/bin/sh".into(),
             })
         })?;
-    user.groups = supplementary_groups(&group, &user.name, user.gid);
+    user.groups = supplementary_groups(group, &user.name, user.gid);
     Some(user)
 }
 
@@ -80,12 +86,28 @@ fn supplementary_groups(text: &str, user: &str, primary: u32) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    fn root_with(passwd: &str, group: &str) -> tempfile::TempDir {
+    struct Root {
+        dir: tempfile::TempDir,
+        root: DistroRoot,
+    }
+
+    impl Root {
+        fn root_path(&self, path: &str) -> std::path::PathBuf {
+            self.dir.path().join(path)
+        }
+    }
+
+    fn root_with(passwd: &str, group: &str) -> Root {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
         std::fs::write(dir.path().join("etc/group"), group).unwrap();
-        dir
+        let root = DistroRoot::open("d", dir.path()).unwrap();
+        Root { dir, root }
+    }
+
+    fn user(root: &Root, spec: &str) -> Option<User> {
+        lookup(&root.root, spec).unwrap()
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice,,,:/home/alice:/bin/zsh\nbroken\n";
@@ -95,7 +117,7 @@ mod tests {
     fn lookup_by_name_reads_fields_and_groups() {
         let root = root_with(PASSWD, GROUP);
 
-        let user = lookup(root.path(), "alice").unwrap();
+        let user = user(&root, "alice").unwrap();
 
         assert_eq!(user.uid, 1000);
         assert_eq!(user.home, "/home/alice");
@@ -107,14 +129,29 @@ mod tests {
     fn lookup_by_uid_finds_the_entry() {
         let root = root_with(PASSWD, GROUP);
 
-        assert_eq!(lookup(root.path(), "1000").unwrap().name, "alice");
+        assert_eq!(user(&root, "1000").unwrap().name, "alice");
     }
 
     #[test]
     fn unknown_uid_gets_defaults_unknown_name_fails() {
         let root = root_with(PASSWD, GROUP);
 
-        assert_eq!(lookup(root.path(), "4242").unwrap().gid, 4242);
-        assert!(lookup(root.path(), "mallory").is_none());
+        assert_eq!(user(&root, "4242").unwrap().gid, 4242);
+        assert!(user(&root, "mallory").is_none());
+    }
+
+    #[test]
+    fn passwd_that_is_a_fifo_is_an_error_not_a_hang() {
+        let root = root_with("", "");
+        let path = root.root_path("etc/passwd");
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+
+        let err = lookup(&root.root, "root").unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "/etc/passwd in distro d is not a regular file"
+        );
     }
 }

@@ -12,13 +12,17 @@
 //! This is the convention Firecracker and Cloud Hypervisor use, so clients
 //! written for them work unchanged.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::defs::VSOCK_PORT_ANY;
 
@@ -148,6 +152,7 @@ pub fn ok_reply(local_port: u32) -> Vec<u8> {
 pub struct PendingClient {
     stream: UnixStream,
     parser: ConnectLineParser,
+    since: Instant,
 }
 
 impl PendingClient {
@@ -156,6 +161,7 @@ impl PendingClient {
         Self {
             stream,
             parser: ConnectLineParser::new(),
+            since: Instant::now(),
         }
     }
 
@@ -188,6 +194,129 @@ impl PendingClient {
 impl AsRawFd for PendingClient {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+}
+
+/// How long a host client may take to send its `CONNECT` line. Real
+/// clients send it right after connecting; one that sends nothing only
+/// holds a slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Host clients still in the handshake, at most `capacity`, each for at
+/// most `timeout`. When full, a newcomer pushes out the client that has
+/// waited longest, so idle connections can never lock real clients out;
+/// a timer (armed only while clients wait) drops clients that stay silent.
+#[derive(Debug)]
+pub struct HandshakeTable {
+    clients: HashMap<RawFd, PendingClient>,
+    capacity: usize,
+    timeout: Duration,
+    timer: TimerFd,
+    armed: bool,
+}
+
+impl HandshakeTable {
+    /// An empty table; its timer fd ([`HandshakeTable::timer_fd`]) is
+    /// readable when [`HandshakeTable::expire`] has work.
+    pub fn new(capacity: usize, timeout: Duration) -> io::Result<Self> {
+        let timer = TimerFd::new()?;
+        // Non-blocking, so a stale readiness never blocks the event loop.
+        let fd = timer.as_raw_fd();
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok(Self {
+            clients: HashMap::new(),
+            capacity: capacity.max(1),
+            timeout,
+            timer,
+            armed: false,
+        })
+    }
+
+    /// The timer's fd, to watch for `EPOLLIN`.
+    pub fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+
+    /// Clients waiting now.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True when nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// True when `fd` is a waiting client.
+    pub fn contains(&self, fd: RawFd) -> bool {
+        self.clients.contains_key(&fd)
+    }
+
+    /// The waiting client on `fd`.
+    pub fn get_mut(&mut self, fd: RawFd) -> Option<&mut PendingClient> {
+        self.clients.get_mut(&fd)
+    }
+
+    /// Takes the client on `fd` out of the table.
+    pub fn remove(&mut self, fd: RawFd) -> Option<PendingClient> {
+        let client = self.clients.remove(&fd);
+        self.disarm_if_idle();
+        client
+    }
+
+    /// Adds a client; when the table is full, first takes out (and returns)
+    /// the one that has waited longest.
+    pub fn insert(&mut self, client: PendingClient) -> Option<PendingClient> {
+        let evicted = if self.clients.len() >= self.capacity {
+            let oldest = self
+                .clients
+                .iter()
+                .min_by_key(|(_, c)| c.since)
+                .map(|(&fd, _)| fd);
+            oldest.and_then(|fd| self.clients.remove(&fd))
+        } else {
+            None
+        };
+        self.clients.insert(client.as_raw_fd(), client);
+        if !self.armed {
+            // A periodic tick while anyone waits: a client is dropped
+            // between `timeout` and `timeout + tick` after it connected.
+            let tick = (self.timeout / 4).max(Duration::from_millis(10));
+            if let Err(e) = self.timer.reset(tick, Some(tick)) {
+                tracing::warn!(error = %e, "vsock: cannot arm the handshake timer");
+            } else {
+                self.armed = true;
+            }
+        }
+        evicted
+    }
+
+    /// Takes out every client that has waited `timeout` or longer; call
+    /// when the timer fd is readable.
+    pub fn expire(&mut self) -> Vec<PendingClient> {
+        // The expiry count itself does not matter; reading clears it.
+        let _ = self.timer.wait();
+        let timeout = self.timeout;
+        let late: Vec<RawFd> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.since.elapsed() >= timeout)
+            .map(|(&fd, _)| fd)
+            .collect();
+        let expired = late
+            .into_iter()
+            .filter_map(|fd| self.clients.remove(&fd))
+            .collect();
+        self.disarm_if_idle();
+        expired
+    }
+
+    fn disarm_if_idle(&mut self) {
+        if self.armed && self.clients.is_empty() {
+            let _ = self.timer.clear();
+            self.armed = false;
+        }
     }
 }
 
@@ -521,5 +650,53 @@ mod tests {
         drop(host);
 
         assert!(!path.exists());
+    }
+
+    fn idle_client() -> (UnixStream, PendingClient) {
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, PendingClient::new(server))
+    }
+
+    #[test]
+    fn full_handshake_table_pushes_out_the_longest_waiting_client() {
+        let mut table = HandshakeTable::new(2, HANDSHAKE_TIMEOUT).unwrap();
+        let (_a, first) = idle_client();
+        let first_fd = first.as_raw_fd();
+        let (_b, second) = idle_client();
+        let (_c, newcomer) = idle_client();
+        let newcomer_fd = newcomer.as_raw_fd();
+
+        assert!(table.insert(first).is_none());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(table.insert(second).is_none());
+        let evicted = table.insert(newcomer);
+
+        assert_eq!(evicted.map(|c| c.as_raw_fd()), Some(first_fd));
+        assert_eq!(table.len(), 2);
+        assert!(table.contains(newcomer_fd));
+    }
+
+    #[test]
+    fn silent_clients_expire_after_the_timeout_and_the_timer_fires() {
+        let timeout = Duration::from_millis(50);
+        let mut table = HandshakeTable::new(8, timeout).unwrap();
+        let (_a, silent) = idle_client();
+        table.insert(silent);
+        let mut fds = [nix::poll::PollFd::new(
+            // SAFETY: the timer fd stays open for the whole test.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(table.timer_fd()) },
+            nix::poll::PollFlags::POLLIN,
+        )];
+
+        let early = table.expire();
+        std::thread::sleep(timeout);
+        let fired = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).unwrap();
+        let late = table.expire();
+
+        assert!(early.is_empty());
+        assert_eq!(fired, 1);
+        assert_eq!(late.len(), 1);
+        assert!(table.is_empty());
     }
 }

@@ -22,7 +22,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{ConnKey, ConnState, Connection};
 use super::defs::{OP_REQUEST, OP_RST, VSOCK_HOST_CID};
-use super::hybrid::{HandshakeProgress, HybridError, HybridHost, PendingClient};
+use super::hybrid::{
+    HandshakeProgress, HandshakeTable, HybridError, HybridHost, PendingClient, HANDSHAKE_TIMEOUT,
+};
 use super::packet::{Packet, PacketError, VsockHeader};
 
 /// Most connections open at once; more are refused with RST (guest) or by
@@ -42,6 +44,9 @@ const EVENTS_PER_WAIT: usize = 32;
 /// Why the muxer could not be set up or could not read its events.
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
+    /// Creating the handshake timer failed.
+    #[error("cannot create the handshake timer")]
+    Timer(#[source] io::Error),
     /// Creating the epoll instance failed.
     #[error("cannot create the muxer's epoll instance")]
     CreateEpoll(#[source] io::Error),
@@ -69,7 +74,7 @@ pub struct VsockMuxer {
     /// Which connection a registered socket belongs to.
     fd_owner: HashMap<RawFd, ConnKey>,
     /// Host clients still sending their `CONNECT` line.
-    clients: HashMap<RawFd, PendingClient>,
+    clients: HandshakeTable,
     /// Connections with something for the guest, oldest first.
     rx_ready: VecDeque<ConnKey>,
     rx_queued: HashSet<ConnKey>,
@@ -95,6 +100,16 @@ impl VsockMuxer {
                 EpollEvent::new(EventSet::IN, listener as u64),
             )
             .map_err(MuxerError::WatchListener)?;
+        let clients = HandshakeTable::new(MAX_PENDING_CLIENTS, HANDSHAKE_TIMEOUT)
+            .map_err(MuxerError::Timer)?;
+        let timer = clients.timer_fd();
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                timer,
+                EpollEvent::new(EventSet::IN, timer as u64),
+            )
+            .map_err(MuxerError::Timer)?;
         Ok(Self {
             guest_cid,
             buf_alloc,
@@ -103,7 +118,7 @@ impl VsockMuxer {
             conns: HashMap::new(),
             conn_watch: HashMap::new(),
             fd_owner: HashMap::new(),
-            clients: HashMap::new(),
+            clients,
             rx_ready: VecDeque::new(),
             rx_queued: HashSet::new(),
             rx_resets: VecDeque::new(),
@@ -165,7 +180,12 @@ impl VsockMuxer {
     fn dispatch(&mut self, fd: RawFd, events: EventSet) {
         if fd == self.host.as_raw_fd() {
             self.accept_clients();
-        } else if self.clients.contains_key(&fd) {
+        } else if fd == self.clients.timer_fd() {
+            for client in self.clients.expire() {
+                tracing::debug!("vsock: a host client sent no CONNECT line in time, closing it");
+                self.forget_client(client);
+            }
+        } else if self.clients.contains(fd) {
             self.advance_client(fd);
         } else if let Some(&key) = self.fd_owner.get(&fd) {
             if let Some(conn) = self.conns.get_mut(&key) {
@@ -189,19 +209,31 @@ impl VsockMuxer {
                     return;
                 }
             };
-            if self.clients.len() >= MAX_PENDING_CLIENTS {
-                tracing::debug!("vsock: too many host clients in handshake, closing one");
-                continue;
-            }
             let fd = stream.as_raw_fd();
             if let Err(e) = ctl(&self.epoll, ControlOperation::Add, fd, EventSet::IN) {
                 tracing::warn!(error = %e, "vsock: cannot watch a host client");
                 continue;
             }
-            self.clients.insert(fd, PendingClient::new(stream));
+            if let Some(oldest) = self.clients.insert(PendingClient::new(stream)) {
+                tracing::debug!("vsock: too many host clients in handshake, closing the oldest");
+                self.forget_client(oldest);
+            }
             // The line often arrives with the connect; no need to wait a round.
             self.advance_client(fd);
         }
+    }
+
+    /// Closes a client taken out of the handshake table, fd out of epoll
+    /// first (its number may be reused by the next accept).
+    fn forget_client(&mut self, client: PendingClient) {
+        let _ = ctl(
+            &self.epoll,
+            ControlOperation::Delete,
+            client.as_raw_fd(),
+            EventSet::empty(),
+        );
+        drop(client);
+        self.resume_listener();
     }
 
     fn pause_listener(&mut self) {
@@ -226,7 +258,7 @@ impl VsockMuxer {
     }
 
     fn advance_client(&mut self, fd: RawFd) {
-        let Some(client) = self.clients.get_mut(&fd) else {
+        let Some(client) = self.clients.get_mut(fd) else {
             return;
         };
         let outcome = client.read_handshake();
@@ -234,7 +266,7 @@ impl VsockMuxer {
             return;
         }
         let _ = ctl(&self.epoll, ControlOperation::Delete, fd, EventSet::empty());
-        let Some(client) = self.clients.remove(&fd) else {
+        let Some(client) = self.clients.remove(fd) else {
             return;
         };
         self.resume_listener();
@@ -646,6 +678,37 @@ mod tests {
         assert_eq!(request.header.op, OP_REQUEST);
         assert_eq!(request.header.dst_port, 1024);
         assert_eq!(request.header.src_port, FIRST_LOCAL_PORT);
+    }
+
+    #[test]
+    fn idle_host_clients_without_connect_cannot_lock_out_a_real_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mux = muxer(&dir);
+        let mut idle = Vec::new();
+        for i in 0..300 {
+            idle.push(UnixStream::connect(dir.path().join("vsock")).unwrap());
+            if i % 16 == 0 {
+                mux.process_events().unwrap();
+            }
+        }
+        mux.process_events().unwrap();
+        let mut client = UnixStream::connect(dir.path().join("vsock")).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+
+        assert!(wait_readable(mux.as_raw_fd(), 2000));
+        mux.process_events().unwrap();
+
+        let request = mux.next_rx_packet(4096).unwrap();
+        assert_eq!(request.header.op, OP_REQUEST);
+        assert_eq!(request.header.dst_port, 1024);
+        assert!(mux.clients.len() <= MAX_PENDING_CLIENTS);
+        let mut buf = [0u8; 1];
+        idle[0].set_nonblocking(true).unwrap();
+        assert_eq!(
+            idle[0].read(&mut buf).unwrap(),
+            0,
+            "the oldest idle client was closed"
+        );
     }
 
     fn shutdown(flags: u32) -> VsockHeader {
