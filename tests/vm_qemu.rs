@@ -27,7 +27,7 @@ fn vm_runs_distros_and_keeps_them_across_shutdown() {
     assert_ne!(kernel.trim(), host_kernel(), "runs on the guest kernel");
     assert_eq!(vm.sh("alpha", "hostname").trim(), "alpha");
     let state = vm.state().expect("vm.json while running");
-    assert_eq!(state["backend"], "qemu");
+    assert_eq!(state["backend"], common::vm::test_backend().as_str());
 
     vm.sh("alpha", "echo kept > /root/note");
     vm.sh("beta", "setsid sleep 4646 </dev/null >/dev/null 2>&1 &");
@@ -236,7 +236,8 @@ fn status_logs_and_config_describe_the_vm_without_booting_it() {
     let logs = text(&vm.ok(&["logs", "-n", "200"]).stdout);
 
     assert!(running.contains("VM:       running"), "{running}");
-    assert!(running.contains("Backend:  qemu"), "{running}");
+    let backend = format!("Backend:  {}", common::vm::test_backend());
+    assert!(running.contains(&backend), "{running}");
     assert!(running.contains("cloud-amd64"), "{running}");
     assert!(logs.contains("distroctl-init: agent started"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "no terminal colour codes in logs");

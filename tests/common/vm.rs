@@ -21,6 +21,12 @@ pub fn shared_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/distroctl-tests/cache"))
 }
 
+/// The backend the VM suites run on: `qemu`, or `kvm` (our own VMM) when
+/// `DISTROCTL_TEST_BACKEND=kvm` (see `scripts/test-kvm`).
+pub fn test_backend() -> String {
+    std::env::var("DISTROCTL_TEST_BACKEND").unwrap_or_else(|_| "qemu".into())
+}
+
 pub struct TestVm {
     pub home: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
@@ -43,9 +49,8 @@ impl TestVm {
         let mut text = String::new();
         // The whole suite runs on either backend: DISTROCTL_TEST_BACKEND=kvm
         // runs it on our own VMM (hosts with hardware virtualization).
-        let backend = std::env::var("DISTROCTL_TEST_BACKEND").unwrap_or_else(|_| "qemu".into());
         if !extra.contains("backend =") {
-            text.push_str(&format!("backend = \"{backend}\"\n"));
+            text.push_str(&format!("backend = \"{}\"\n", test_backend()));
         }
         for (key, value) in [("memory", "\"1G\""), ("cpus", "2"), ("disk_size", "\"8G\"")] {
             if !extra.contains(&format!("{key} =")) {
