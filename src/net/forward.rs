@@ -202,13 +202,13 @@ impl Forwarder {
         }
         if host_port != wanted {
             let why = match refused {
-                Some(Refusal::PermissionDenied) => "permission denied (a privileged port)",
+                Some(Refusal::PermissionDenied) => "refused: permission denied (a privileged port)",
                 _ => "taken",
             };
             tracing::warn!(
                 guest_port,
                 host_port,
-                "host port {wanted}: {why}; guest port {guest_port} is forwarded on localhost:{host_port}"
+                "host port {wanted} is {why}; guest port {guest_port} is forwarded on localhost:{host_port}"
             );
         } else if host_port != guest_port {
             tracing::info!(
