@@ -294,10 +294,10 @@ const KEYS: &[(&str, &str)] = &[
     ("modules", "the path of a module directory, as a string"),
     ("backend", "\"auto\", \"kvm\" or \"qemu\""),
     ("kvm_flavor", "\"auto\", \"vmx\" or \"pvm\""),
-    ("disk_size", "a size such as \"64G\", at least 1G"),
+    ("disk_size", "a size such as \"64G\", at least 64M"),
     (
         "boot_timeout",
-        "a duration such as \"90s\" or \"2m\", at least 1s",
+        "a duration such as \"90s\" or \"2m\", at least 100ms",
     ),
     (
         "idle_timeout",
@@ -308,8 +308,9 @@ const KEYS: &[(&str, &str)] = &[
     ("port_forward", "[[port_forward]] entries"),
 ];
 
-/// Smallest data disk that holds a distro.
-const MIN_DISK_SIZE: u64 = 1 << 30;
+/// Smallest data disk worth formatting (ext4 with its journal, and room
+/// for a small distro).
+const MIN_DISK_SIZE: u64 = 64 << 20;
 
 /// Checks one top-level key and its value.
 fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
@@ -332,7 +333,7 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
         "memory" => config.memory < 128 << 20,
         "cpus" => config.cpus == 0,
         "disk_size" => config.disk_size < MIN_DISK_SIZE,
-        "boot_timeout" => config.boot_timeout < Duration::from_secs(1),
+        "boot_timeout" => config.boot_timeout < Duration::from_millis(100),
         "idle_timeout" => config
             .idle_timeout
             .is_some_and(|t| t < Duration::from_secs(1)),
@@ -511,9 +512,9 @@ mod tests {
             (
                 "boot_timeout = \"0s\"",
                 "boot_timeout = \"0s\"",
-                "at least 1s",
+                "at least 100ms",
             ),
-            ("disk_size = \"1K\"", "disk_size = \"1K\"", "at least 1G"),
+            ("disk_size = \"1K\"", "disk_size = \"1K\"", "at least 64M"),
             ("cpus = \"many\"", "cpus = \"many\"", "whole number"),
             ("memory = true", "memory = true", "a size such as"),
             (

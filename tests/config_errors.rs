@@ -33,9 +33,9 @@ fn each_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed() {
         (
             "boot_timeout = \"0s\"\n",
             "boot_timeout = \"0s\"",
-            "at least 1s",
+            "at least 100ms",
         ),
-        ("disk_size = \"1K\"\n", "disk_size = \"1K\"", "at least 1G"),
+        ("disk_size = \"1K\"\n", "disk_size = \"1K\"", "at least 64M"),
         ("cpus = \"many\"\n", "cpus = \"many\"", "a whole number"),
         ("memory = [1]\n", "memory = an array", "a size such as"),
         (
