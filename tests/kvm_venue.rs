@@ -42,3 +42,32 @@ fn venue_refuses_unknown_options_and_missing_shares() {
         "/nonexistent/venue-share",
     );
 }
+
+/// An L1 whose emulated CPU wedges (here: the lockup message the L1 kernel
+/// prints when one does) is stopped at once with one line and status 125,
+/// so `scripts/test-kvm` can run the suites again instead of waiting out a
+/// VM that never finishes.
+#[test]
+fn venue_stops_a_wedged_l1_at_once() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIP: booting the venue needs root (it shares the test cache writable)");
+        return;
+    }
+    let out = venue(&[
+        "--cpus",
+        "1",
+        "--",
+        "bash",
+        "-c",
+        "echo '[ 1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 64s! [x:1]' >/dev/ttyS0; sleep 600; echo finished",
+    ]);
+    let stdout = text(&out.stdout);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stdout}\n{err}");
+    assert!(!stdout.contains("finished"), "{stdout}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("kvm-venue: L1 wedged (watchdog: BUG: soft lockup - CPU#0 stuck for 64s!"),
+        "{err}"
+    );
+}

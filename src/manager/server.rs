@@ -516,6 +516,11 @@ impl Manager {
         self.paths.remove_runtime_files();
         let when = humantime_now();
         let what = match code {
+            // distroctl-vmm's own code for a guest crash without a console
+            // message (QEMU never exits with 4).
+            Some(4) => format!(
+                "the utility VM stopped unexpectedly at {when}: its guest kernel triple-faulted (exit code 4)"
+            ),
             Some(c) => format!("the utility VM stopped unexpectedly at {when} (exit code {c})"),
             None => format!("the utility VM stopped unexpectedly at {when}"),
         };

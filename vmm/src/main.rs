@@ -197,6 +197,10 @@ fn main() -> ExitCode {
                 ExitReason::Reset => ("guest reset", 0),
                 ExitReason::Stopped => ("stopped", 0),
                 ExitReason::Halted => ("every vCPU halted for good", 3),
+                ExitReason::TripleFault => (
+                    "the guest triple-faulted (a guest kernel crash; the vCPU's last state is logged above)",
+                    4,
+                ),
             };
             eprintln!("distroctl-vmm: {what}");
             ExitCode::from(code)

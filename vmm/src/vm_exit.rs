@@ -12,6 +12,10 @@ pub enum ExitReason {
     /// The guest asked for a reset (i8042, ACPI reset register, triple
     /// fault). The VMM ends; whoever started it decides about a restart.
     Reset,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the guest kernel took a
+    /// fault it could not handle, without a word on its console. Ends the
+    /// VM like a reset, but is told apart because it is a crash.
+    TripleFault,
     /// Every vCPU halted with nothing that could wake it (no in-kernel
     /// interrupt controller).
     Halted,

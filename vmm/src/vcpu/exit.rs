@@ -57,8 +57,9 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> VcpuAction {
             VcpuAction::Continue
         }
         VcpuExit::Hlt => VcpuAction::Halt,
-        // A triple fault: what a PC does next is reset.
-        VcpuExit::Shutdown => VcpuAction::Exit(ExitReason::Reset),
+        // A triple fault: a PC resets, but this is a guest crash and the
+        // VMM's owner should hear of it as one.
+        VcpuExit::Shutdown => VcpuAction::Exit(ExitReason::TripleFault),
         VcpuExit::SystemEvent(kind, data) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => VcpuAction::Exit(ExitReason::PowerOff),
             KVM_SYSTEM_EVENT_RESET => VcpuAction::Exit(ExitReason::Reset),
@@ -167,7 +168,7 @@ mod tests {
         );
         assert_eq!(
             handle_exit(VcpuExit::Shutdown, &pio, &mmio),
-            VcpuAction::Exit(ExitReason::Reset)
+            VcpuAction::Exit(ExitReason::TripleFault)
         );
         assert_eq!(handle_exit(VcpuExit::Hlt, &pio, &mmio), VcpuAction::Halt);
     }

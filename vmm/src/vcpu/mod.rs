@@ -227,8 +227,28 @@ impl Vcpu {
     }
 
     /// Where the vCPU was when it stopped: the first thing to look at when
-    /// a guest hangs.
+    /// a guest hangs, and logged as a warning after a triple fault.
     fn log_final_state(&self) {
+        if self.exit.reason() == Some(ExitReason::TripleFault) {
+            match (self.fd.get_regs(), self.fd.get_sregs()) {
+                (Ok(regs), Ok(sregs)) => tracing::warn!(
+                    id = self.id,
+                    rip = format_args!("{:#x}", regs.rip),
+                    rsp = format_args!("{:#x}", regs.rsp),
+                    rflags = format_args!("{:#x}", regs.rflags),
+                    cr0 = format_args!("{:#x}", sregs.cr0),
+                    cr2 = format_args!("{:#x}", sregs.cr2),
+                    cr3 = format_args!("{:#x}", sregs.cr3),
+                    cr4 = format_args!("{:#x}", sregs.cr4),
+                    efer = format_args!("{:#x}", sregs.efer),
+                    "vCPU triple-faulted"
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(id = self.id, error = %e, "vCPU triple-faulted")
+                }
+            }
+            return;
+        }
         match (self.fd.get_regs(), self.fd.get_sregs()) {
             (Ok(regs), Ok(sregs)) => tracing::debug!(
                 id = self.id,
