@@ -49,7 +49,7 @@ pub struct DistroCgroup {
 
 impl Cgroups {
     /// Uses `root` when it is a cgroup2 mount; creates `root/distroctl` and
-    /// delegates the memory, cpu and pids controllers to it where possible.
+    /// delegates the memory, cpu, pids and io controllers to it where possible.
     pub fn detect(root: &Path) -> Option<Cgroups> {
         let stat = nix::sys::statfs::statfs(root).ok()?;
         if stat.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
@@ -205,7 +205,8 @@ fn enable_controllers(dir: &Path) {
     let Ok(available) = fs::read_to_string(dir.join("cgroup.controllers")) else {
         return;
     };
-    for c in ["memory", "cpu", "pids"] {
+    // io only for its `io.stat` (no io limits are set).
+    for c in ["memory", "cpu", "pids", "io"] {
         if available.split_whitespace().any(|a| a == c) {
             if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
                 tracing::debug!(dir = %dir.display(), controller = c, error = %e, "controller not delegated");

@@ -18,6 +18,7 @@ pub mod relay;
 pub mod server;
 pub mod settings_check;
 pub mod sock_diag;
+pub mod stats;
 pub mod store;
 pub mod transfer;
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protocol::{DistroInfo, DistroSettings, DistroState, ErrorKind, NetworkMode, Response};
+use protocol::{
+    DistroInfo, DistroSettings, DistroState, DistroStats, ErrorKind, NetworkMode, Response,
+};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
@@ -585,6 +587,42 @@ impl Distros {
                 disk_bytes,
                 settings,
             });
+        }
+        Ok(out)
+    }
+
+    /// Resource use of `names` (each must be installed; a stopped one has
+    /// no values), or of every running distro when `names` is empty;
+    /// sorted by name.
+    pub async fn stats(&self, names: &[String]) -> Result<Vec<DistroStats>, LifecycleError> {
+        let mut names: Vec<String> = if names.is_empty() {
+            let map = self.running.lock().await;
+            map.iter()
+                .filter(|(_, r)| !r.is_stopped())
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            for name in names {
+                self.store.rootfs(name)?;
+            }
+            names.to_vec()
+        };
+        names.sort();
+        names.dedup();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(r) = self.running(&name).await else {
+                out.push(DistroStats::stopped(&name));
+                continue;
+            };
+            let stats = tokio::task::spawn_blocking(move || {
+                crate::stats::running(&name, r.cgroup.as_ref(), process_count(&r))
+            })
+            .await;
+            match stats {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(error = %e, "reading a distro's stats failed"),
+            }
         }
         Ok(out)
     }

@@ -308,6 +308,16 @@ impl Agent {
                 Ok(()) => Response::Ok,
                 Err(e) => e.to_response(),
             },
+            Request::Stats { names } => match distros.stats(&names).await {
+                Ok(stats) => Response::Stats {
+                    sampled_at_usec: crate::stats::monotonic_usec(),
+                    distros: stats,
+                    guest: tokio::task::spawn_blocking(crate::stats::guest_memory)
+                        .await
+                        .unwrap_or_default(),
+                },
+                Err(e) => e.to_response(),
+            },
             Request::WatchPorts => return crate::port_watch::serve(conn).await,
             Request::Connect { distro, port } => {
                 return crate::relay::serve(conn, distro, port, distros).await

@@ -256,6 +256,13 @@ pub enum Request {
         /// TCP port inside the VM (distros share its network).
         port: u16,
     },
+    /// Resource use of distros, read from their cgroups, and of the VM's
+    /// memory; answered by `stats`.
+    Stats {
+        /// These distros, running or stopped; every running one when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+    },
 }
 
 /// Whether a listener appeared or went away.
@@ -304,6 +311,72 @@ pub struct DistroInfo {
     /// Its stored settings.
     #[serde(default)]
     pub settings: DistroSettings,
+}
+
+/// Resource use of one distro. Values come from its cgroup v2 group and
+/// are absent when that file is (no cgroup, controller off, older kernel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistroStats {
+    /// Distro name.
+    pub name: String,
+    /// Running or stopped (a stopped distro has no values).
+    pub state: DistroState,
+    /// CPU time used since it started (`cpu.stat` `usage_usec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage_usec: Option<u64>,
+    /// Memory charged now (`memory.current`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_current_bytes: Option<u64>,
+    /// Most memory charged since it started (`memory.peak`, Linux 5.19+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// Its memory limit (`memory.max`); absent when there is none or the
+    /// memory controller is off (then `memory_current_bytes` is absent too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max_bytes: Option<u64>,
+    /// Processes (`pids.current`, else counted from `cgroup.procs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// Bytes read from block devices (`io.stat` `rbytes`, all devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices (`io.stat` `wbytes`, all devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_write_bytes: Option<u64>,
+}
+
+impl DistroStats {
+    /// A stopped distro: its name and state, no values.
+    pub fn stopped(name: &str) -> Self {
+        DistroStats {
+            name: name.to_string(),
+            state: DistroState::Stopped,
+            cpu_usage_usec: None,
+            memory_current_bytes: None,
+            memory_peak_bytes: None,
+            memory_max_bytes: None,
+            pids: None,
+            io_read_bytes: None,
+            io_write_bytes: None,
+        }
+    }
+}
+
+/// The VM's memory as its kernel sees it (`/proc/meminfo`), in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMemory {
+    /// `MemTotal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// `MemAvailable`: what could be given to programs without swapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<u64>,
+    /// `MemFree`: not used at all, not even as cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// `Cached`: the page cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_bytes: Option<u64>,
 }
 
 /// Category of an agent error, so that clients can react without parsing text.
@@ -398,6 +471,16 @@ pub enum Response {
     },
     /// The relay to the port is open (answer to `connect`).
     Connected,
+    /// Resource use (answer to `stats`).
+    Stats {
+        /// When the values were read, in microseconds of the VM's monotonic
+        /// clock, so that rates need no host timing.
+        sampled_at_usec: u64,
+        /// The distros asked for, sorted by name.
+        distros: Vec<DistroStats>,
+        /// The VM's memory.
+        guest: GuestMemory,
+    },
     /// The request failed.
     Error(AgentError),
 }
@@ -475,6 +558,30 @@ mod tests {
 
         assert_eq!(a.nanos_since(&b), 6);
         assert_eq!(b.nanos_since(&a), -6);
+    }
+
+    #[test]
+    fn stats_request_without_names_parses_as_all_running() {
+        let req: Request = serde_json::from_str(r#"{"op":"stats"}"#).unwrap();
+
+        assert_eq!(req, Request::Stats { names: Vec::new() });
+    }
+
+    #[test]
+    fn stats_response_leaves_out_values_the_agent_could_not_read() {
+        let resp = Response::Stats {
+            sampled_at_usec: 7,
+            distros: vec![DistroStats::stopped("d")],
+            guest: GuestMemory::default(),
+        };
+
+        let json = serde_json::to_string(&resp).unwrap();
+
+        assert_eq!(
+            json,
+            r#"{"type":"stats","sampled_at_usec":7,"distros":[{"name":"d","state":"stopped"}],"guest":{}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), resp);
     }
 
     #[test]
