@@ -11,7 +11,8 @@ use crate::agent_client::{self, AgentAddr, ClientError};
 use crate::config::Config;
 use crate::manager::client::{self as manager, Lease};
 use crate::{
-    exec, install, net, status, terminal, transfer, AnyError, BackendArg, Cli, Command, ExecOpts,
+    exec, install, net, stats, status, terminal, transfer, AnyError, BackendArg, Cli, Command,
+    ExecOpts,
 };
 
 /// The agent a command talks to, and the lease that keeps its VM up.
@@ -141,6 +142,19 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
     match &cli.command {
         Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
         Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
+        Command::Stats {
+            names,
+            watch,
+            interval,
+            json,
+        } => {
+            let args = stats::StatsArgs {
+                names: names.clone(),
+                watch: watch.then_some(*interval),
+                json: *json,
+            };
+            return stats::run(&cli.agent_socket, args).await;
+        }
         Command::Config => return status::config().map(|()| 0),
         Command::Network(net::commands::NetworkCommand::Ports) => {
             net::commands::ports();
@@ -365,7 +379,11 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
         Command::Network(cmd) => return net::commands::run(cmd, &session.addr).await,
         Command::Daemon | Command::VmRun(_) => unreachable!("handled before the runtime starts"),
         Command::Install { .. } => unreachable!("handled before the session opens"),
-        Command::Status | Command::Logs { .. } | Command::Config | Command::Completions { .. } => {
+        Command::Status
+        | Command::Stats { .. }
+        | Command::Logs { .. }
+        | Command::Config
+        | Command::Completions { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -497,7 +515,8 @@ pub fn parse_compression(s: &str) -> Result<Compression, String> {
     }
 }
 
-fn human(bytes: u64) -> String {
+/// A byte count for people: `512 B`, `1.5 MiB`.
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;

@@ -12,6 +12,7 @@ mod install;
 mod manager;
 mod net;
 mod paths;
+mod stats;
 mod status;
 mod terminal;
 mod transfer;
@@ -175,6 +176,22 @@ enum Command {
     },
     /// Show the utility VM (backend and why, state, uptime, memory) and the distros.
     Status,
+    /// Show each running distro's CPU, memory, processes and disk I/O, and
+    /// the utility VM's memory and data disk (never boots the VM).
+    Stats {
+        /// Distros to show, running or stopped (default: every running one).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Refresh until Ctrl-C, like `top`.
+        #[arg(short, long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, value_name = "SECS", default_value = "2", requires = "watch", value_parser = stats::parse_interval)]
+        interval: std::time::Duration,
+        /// Print JSON: one document, or with --watch one line per sample.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the end of the utility VM's console log and the VM runner's log.
     Logs {
         /// Lines of each log.

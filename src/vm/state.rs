@@ -48,6 +48,12 @@ impl VmPaths {
         self.dir.join("vm.json")
     }
 
+    /// What our VMM reports about itself while it runs (memory returned
+    /// to the host); QEMU writes none.
+    pub fn monitor_stats_file(&self) -> PathBuf {
+        self.dir.join("monitor-stats.json")
+    }
+
     /// Removes the sockets and `vm.json` of a VM that is gone (or, before
     /// a boot, of one that died without cleaning up).
     pub fn remove_runtime_files(&self) {
