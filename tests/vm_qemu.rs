@@ -5,7 +5,7 @@
 mod common;
 
 use common::vm::TestVm;
-use common::{debian_rootfs, list_row, text, Cli};
+use common::{debian_rootfs, list_row, stats_json, stats_of, stats_workload, text, Cli};
 
 fn host_kernel() -> String {
     nix::sys::utsname::uname()
@@ -31,6 +31,7 @@ fn vm_runs_distros_and_keeps_them_across_shutdown() {
 
     vm.sh("alpha", "echo kept > /root/note");
     vm.sh("beta", "setsid sleep 4646 </dev/null >/dev/null 2>&1 &");
+    assert_stats_follow_the_workload(&vm, "beta");
     vm.ok(&["terminate", "alpha"]);
     let list = text(&vm.ok(&["list"]).stdout);
     let row = |n: &str| list_row(&list, n).to_string();
@@ -46,10 +47,95 @@ fn vm_runs_distros_and_keeps_them_across_shutdown() {
         vm.console_tail()
     );
 
+    let stopped = vm.run(&["stats"]);
+    let err = text(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("not running"), "{err}");
+    assert!(vm.state().is_none(), "stats must not boot the VM");
+
     // The next command boots a new VM; files and both distros persist.
     assert_eq!(vm.sh("alpha", "cat /root/note"), "kept\n");
     let list = text(&vm.ok(&["list"]).stdout);
     assert!(list.contains("alpha") && list.contains("beta"), "{list}");
+}
+
+/// `stats` of a running distro in the VM: allocating, forking and writing
+/// move its values, which agree with its cgroup files as the distro sees
+/// them (read after, so counters are at least as high), and the VM's host
+/// side is sane. A bad name is one line.
+fn assert_stats_follow_the_workload(vm: &common::vm::TestVm, name: &str) {
+    let first = stats_json(vm, &[name]);
+    vm.sh(name, &stats_workload(20_000));
+    let doc = stats_json(vm, &[name]);
+    let files = vm.sh(
+        name,
+        "cd /sys/fs/cgroup && sed -n 's/^usage_usec //p' cpu.stat && cat memory.peak memory.max \
+         && awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) s += substr($i, 8) }
+                 END { printf \"%.0f\\n\", s }' io.stat",
+    );
+    let bad = vm.run(&["stats", name, "nosuch"]);
+    let table = text(&vm.ok(&["stats"]).stdout);
+
+    let (was, now) = (stats_of(&first, name), stats_of(&doc, name));
+    let value = |d: &serde_json::Value, key: &str| {
+        d[key].as_u64().unwrap_or_else(|| panic!("no {key} in {d}"))
+    };
+    assert!(
+        value(now, "cpu_usage_usec") > value(was, "cpu_usage_usec"),
+        "{was} {now}"
+    );
+    assert!(value(now, "pids") >= value(was, "pids") + 3, "{was} {now}");
+    assert!(
+        value(now, "memory_current_bytes") >= value(was, "memory_current_bytes") + (30 << 20),
+        "{was} {now}"
+    );
+    assert!(
+        value(now, "memory_peak_bytes") >= value(now, "memory_current_bytes"),
+        "{now}"
+    );
+    assert!(
+        value(now, "io_write_bytes") >= value(was, "io_write_bytes") + (8 << 20),
+        "{was} {now}"
+    );
+    let files: Vec<&str> = files.lines().collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    let file = |i: usize| files[i].trim().parse::<u64>().unwrap();
+    assert!(file(0) >= value(now, "cpu_usage_usec"), "{files:?} {now}");
+    assert!(
+        file(1) >= value(now, "memory_peak_bytes"),
+        "{files:?} {now}"
+    );
+    assert_eq!(files[2], "max");
+    assert!(now.get("memory_max_bytes").is_none(), "no limit: {now}");
+    assert!(file(3) >= value(now, "io_write_bytes"), "{files:?} {now}");
+
+    let vm_side = &doc["vm"];
+    assert_eq!(vm_side["backend"], common::vm::test_backend().as_str());
+    assert!(value(vm_side, "monitor_rss_bytes") > 0, "{vm_side}");
+    let apparent = value(vm_side, "data_disk_apparent_bytes");
+    assert_eq!(apparent, 8 << 30, "{vm_side}");
+    assert!(
+        value(vm_side, "data_disk_allocated_bytes") <= apparent,
+        "{vm_side}"
+    );
+    let returned = &vm_side["memory_returned_bytes"];
+    assert!(returned.is_null() || returned.is_u64(), "{vm_side}");
+    let guest = &doc["guest_memory"];
+    assert!(value(guest, "total_bytes") <= 1 << 30, "{guest}");
+    assert!(value(guest, "used_bytes") > 32 << 20, "{guest}");
+
+    let err = text(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("nosuch"), "{err}");
+    assert!(table.contains("monitor RSS"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(name) && l.contains("running")),
+        "{table}"
+    );
 }
 
 #[test]

@@ -383,3 +383,32 @@ pub fn assert_interactive_shell(mut cmd: Command) {
         "terminal mode restored"
     );
 }
+
+/// A distro workload for `stats`: fills 32 MiB of its `/tmp` (tmpfs, so
+/// charged to its memory), forks three sleepers, writes 8 MiB to its disk
+/// with fsync, then spins the CPU for `spins` loop turns.
+pub fn stats_workload(spins: u32) -> String {
+    format!(
+        "head -c 32M /dev/zero > /tmp/fill && \
+         for i in 1 2 3; do setsid sleep 4747 </dev/null >/dev/null 2>&1 & done; \
+         dd if=/dev/zero of=/root/written bs=1M count=8 conv=fsync status=none && \
+         i=0; while [ $i -lt {spins} ]; do i=$((i+1)); done"
+    )
+}
+
+/// `distroctl stats --json NAMES…`, parsed.
+pub fn stats_json(target: &impl Cli, names: &[&str]) -> serde_json::Value {
+    let mut args = vec!["stats", "--json"];
+    args.extend_from_slice(names);
+    let out = target.ok(&args);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// The entry of `name` in a `stats --json` document.
+pub fn stats_of<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["distros"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in stats: {doc}"))
+}
