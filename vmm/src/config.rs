@@ -81,6 +81,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device, seeding the guest's CRNG from the host.
     pub rng: bool,
+    /// A virtio-balloon device through which the guest reports free memory,
+    /// which the host then takes back.
+    pub balloon: bool,
     /// The network device; no network when `None`.
     pub net: Option<NetConfig>,
     /// File the serial console is appended to; standard output when `None`.
@@ -162,6 +165,7 @@ mod tests {
                 uds_path: "/run/v.sock".into(),
             }),
             rng: true,
+            balloon: true,
             net: Some(NetConfig::new("/run/net.sock")),
             console: None,
             ram_backing: RamBacking::default(),

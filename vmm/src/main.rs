@@ -21,6 +21,9 @@
 //! - `--console PATH`: append the serial console here (default: stdout).
 //! - `--no-rng`: leave out the virtio-rng device (present by default, so
 //!   the guest's CRNG is seeded at once).
+//! - `--no-balloon`: leave out the virtio-balloon device (present by
+//!   default, so memory the guest frees goes back to the host through free
+//!   page reporting).
 //! - `--hugepages`: back guest RAM with reserved 2 MiB pages from
 //!   hugetlbfs (`/proc/sys/vm/nr_hugepages`); by default it is anonymous
 //!   memory at 2 MiB-aligned addresses with transparent huge pages
@@ -90,6 +93,9 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Leave out the virtio-balloon device (free page reporting).
+    #[arg(long)]
+    no_balloon: bool,
     /// Back guest RAM with reserved 2 MiB pages from hugetlbfs.
     #[arg(long)]
     hugepages: bool,
@@ -131,6 +137,7 @@ impl Args {
                 uds_path,
             }),
             rng: !self.no_rng,
+            balloon: !self.no_balloon,
             net: self.net_socket.map(|socket| {
                 let mut net = NetConfig::new(socket);
                 net.mac = self.mac.unwrap_or(net.mac);

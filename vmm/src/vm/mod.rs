@@ -18,6 +18,7 @@
 //!     disk: Some("data.img".into()),
 //!     vsock: None,
 //!     rng: true,
+//!     balloon: true,
 //!     net: None,
 //!     console: Some("console.log".into()),
 //!     ram_backing: Default::default(),
