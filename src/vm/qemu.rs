@@ -110,6 +110,10 @@ impl QemuSpec {
         ));
         push("-device".into());
         push("vhost-user-vsock-device,chardev=vsock".into());
+        // The guest reports free memory and QEMU drops it (a hole punched in
+        // the shared memfd); the balloon's target stays at zero.
+        push("-device".into());
+        push("virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on".into());
         if let Some((socket, _)) = &self.network {
             push("-netdev".into());
             push(format!(
@@ -185,6 +189,9 @@ mod tests {
         assert!(args.contains("file=/d/da,,ta.img,format=raw"));
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("-serial chardev:console"));
+        assert!(
+            args.contains("-device virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on")
+        );
     }
 
     #[test]
