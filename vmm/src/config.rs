@@ -90,6 +90,9 @@ pub struct VmConfig {
     pub console: Option<PathBuf>,
     /// Where guest RAM pages come from.
     pub ram_backing: RamBacking,
+    /// A JSON file kept up to date with the memory the balloon has given
+    /// back to the host (see `monitor_stats`).
+    pub stats_file: Option<PathBuf>,
 }
 
 /// A configuration that cannot describe a VM.
@@ -169,6 +172,7 @@ mod tests {
             net: Some(NetConfig::new("/run/net.sock")),
             console: None,
             ram_backing: RamBacking::default(),
+            stats_file: None,
         }
     }
 

@@ -80,6 +80,7 @@ fn linux_finds_acpi_and_serial_then_reboots_on_panic() {
         net: None,
         console: Some(console.clone()),
         ram_backing: Default::default(),
+        stats_file: None,
     };
     let vm = Vm::new(config).unwrap();
     let handle = vm.handle();

@@ -11,6 +11,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
@@ -28,6 +29,7 @@ use crate::devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS, SLEEP_
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{SerialConsole, COM1_PORT, SERIAL_PORTS};
 use crate::devices::legacy::{EventFdTrigger, ExitTrigger};
+use crate::devices::virtio::balloon::discard::Discard;
 use crate::devices::virtio::balloon::BalloonDevice;
 use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{
@@ -88,6 +90,8 @@ pub struct Devices {
     pub acpi: AcpiPlatform,
     /// Event-loop halves of the devices.
     pub subscribers: Vec<Subscriber>,
+    /// Bytes the balloon has given back to the host, when there is one.
+    pub memory_returned: Option<Arc<AtomicU64>>,
 }
 
 impl<D: EventDrivenDevice + Send> BusDevice for MmioTransport<D> {
@@ -224,6 +228,7 @@ pub fn create_devices(
                 ..Default::default()
             },
             subscribers: Vec::new(),
+            memory_returned: None,
         },
     };
 
@@ -268,7 +273,9 @@ pub fn create_devices(
         builder.add_virtio(device)?;
     }
     if config.balloon {
-        builder.add_virtio(BalloonDevice::new())?;
+        let balloon = BalloonDevice::new(Discard::for_backing(config.ram_backing));
+        builder.devices.memory_returned = Some(balloon.returned_counter());
+        builder.add_virtio(balloon)?;
     }
     Ok(builder.devices)
 }
@@ -300,6 +307,7 @@ mod tests {
             net: None,
             console: Some(console),
             ram_backing: Default::default(),
+            stats_file: None,
         }
     }
 

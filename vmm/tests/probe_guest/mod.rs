@@ -87,6 +87,7 @@ pub fn probe_config(
         net: None,
         console: Some(dir.join("console.log")),
         ram_backing: Default::default(),
+        stats_file: None,
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 use std::mem::Discriminant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -14,7 +16,7 @@ use super::defs::{
     REPORTING_QUEUE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
     VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON,
 };
-use super::discard::discard;
+use super::discard::Discard;
 use super::request::{parse_page_list, parse_report, RequestError, Segment};
 use crate::devices::virtio::VirtioDevice;
 
@@ -46,14 +48,17 @@ struct ActiveQueues {
 
 /// A virtio balloon whose only job is free page reporting (plus the
 /// inflate and deflate queues the specification requires).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BalloonDevice {
+    /// How the memory behind reported ranges goes back to the host.
+    discard: Discard,
     acked_features: u64,
     /// `actual`, as the driver last wrote it.
     actual_pages: u32,
     active: Option<ActiveQueues>,
-    /// Bytes of guest RAM given back to the host since the device was made.
-    returned_bytes: u64,
+    /// Bytes of guest RAM given back to the host since the device was made,
+    /// shared with whoever publishes it (`--stats-file`).
+    returned_bytes: Arc<AtomicU64>,
     /// Kinds of refused chains already logged: a guest that keeps sending
     /// bad ones must not flood the log.
     logged: HashSet<Discriminant<RequestError>>,
@@ -61,9 +66,18 @@ pub struct BalloonDevice {
 }
 
 impl BalloonDevice {
-    /// Creates an unactivated device.
-    pub fn new() -> Self {
-        Self::default()
+    /// Creates an unactivated device that gives memory back with `discard`.
+    /// With [`Discard::Keep`] it offers no free page reporting.
+    pub fn new(discard: Discard) -> Self {
+        Self {
+            discard,
+            acked_features: 0,
+            actual_pages: 0,
+            active: None,
+            returned_bytes: Arc::default(),
+            logged: HashSet::new(),
+            discard_failure_logged: false,
+        }
     }
 
     /// Whether the device owns activated queues.
@@ -74,7 +88,13 @@ impl BalloonDevice {
     /// Bytes of guest RAM handed back to the host so far (reported free
     /// pages and inflated ones), across guest resets.
     pub fn returned_bytes(&self) -> u64 {
-        self.returned_bytes
+        self.returned_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`BalloonDevice::returned_bytes`], to read from
+    /// elsewhere while the device runs.
+    pub fn returned_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.returned_bytes)
     }
 
     /// The balloon size the driver reports, in 4 KiB pages.
@@ -96,14 +116,21 @@ impl BalloonDevice {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            // The iterator just stops at a descriptor it cannot follow; a
+            // chain is whole only when its last descriptor says it is last.
+            let mut whole = false;
             let segments: Vec<Segment> = chain
-                .map(|desc| Segment {
-                    addr: desc.addr(),
-                    len: desc.len(),
-                    writable: desc.is_write_only(),
+                .map(|desc| {
+                    whole = !desc.has_next();
+                    Segment {
+                        addr: desc.addr(),
+                        len: desc.len(),
+                        writable: desc.is_write_only(),
+                    }
                 })
                 .collect();
             let parsed = match index {
+                _ if !whole => Err(RequestError::BrokenChain),
                 REPORTING_QUEUE => parse_report(mem, &segments),
                 _ => parse_page_list(mem, &segments),
             };
@@ -111,16 +138,19 @@ impl BalloonDevice {
                 // Deflated pages need nothing from the host: they fault back
                 // in when the guest touches them.
                 Ok(_) if index == DEFLATE_QUEUE => {}
-                Ok(ranges) => match discard(&ranges) {
-                    Ok(()) => {
-                        self.returned_bytes += ranges.iter().map(|r| r.len as u64).sum::<u64>();
-                    }
-                    Err(e) if !self.discard_failure_logged => {
-                        self.discard_failure_logged = true;
-                        tracing::warn!(error = %e, "virtio-balloon: the host kept reported memory (logged once)");
+                Ok(ranges) => match self.discard.discard(&ranges) {
+                    Ok(freed) => {
+                        self.returned_bytes.fetch_add(freed, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "virtio-balloon: the host kept reported memory")
+                        self.returned_bytes
+                            .fetch_add(e.freed_before, Ordering::Relaxed);
+                        if !self.discard_failure_logged {
+                            self.discard_failure_logged = true;
+                            tracing::warn!(error = %e, "virtio-balloon: the host kept reported memory (logged once)");
+                        } else {
+                            tracing::debug!(error = %e, "virtio-balloon: the host kept reported memory");
+                        }
                     }
                 },
                 Err(e) => {
@@ -166,9 +196,12 @@ impl VirtioDevice for BalloonDevice {
     }
 
     fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM
-            | 1 << VIRTIO_BALLOON_F_FREE_PAGE_REPORTING
+        let reporting = if self.discard.gives_back() {
+            1 << VIRTIO_BALLOON_F_FREE_PAGE_REPORTING
+        } else {
+            0
+        };
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM | reporting
     }
 
     fn acked_features(&self) -> u64 {

@@ -23,12 +23,14 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::balloon::defs::*;
+    use crate::devices::virtio::balloon::discard::Discard;
     use crate::devices::virtio::mmio::defs::{
         CONFIG_SPACE_OFFSET, INT_USED_RING, REG_DEVICE_ID, REG_QUEUE_NUM_MAX, REG_QUEUE_SEL,
         REG_STATUS, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
     };
     use crate::devices::virtio::mmio::test_driver::{
-        initialize, notify, read_reg, take_interrupt, test_memory, write_reg, GuestQueue, VERSION_1,
+        initialize, notify, read_reg, take_interrupt, test_memory, write_reg, GuestQueue,
+        F_INDIRECT, F_NEXT, F_WRITE, VERSION_1,
     };
     use crate::devices::virtio::mmio::MmioTransport;
 
@@ -55,7 +57,17 @@ mod tests {
     impl<'m> Guest<'m> {
         /// A driver that wants `wanted` and sets up `queue_count` queues.
         fn new(mem: &'m GuestMemoryMmap, wanted: u64, queue_count: usize) -> Self {
-            let device = Arc::new(Mutex::new(BalloonDevice::new()));
+            Self::with_discard(mem, wanted, queue_count, Discard::Private)
+        }
+
+        /// As [`Guest::new`], for a device that discards with `discard`.
+        fn with_discard(
+            mem: &'m GuestMemoryMmap,
+            wanted: u64,
+            queue_count: usize,
+            discard: Discard,
+        ) -> Self {
+            let device = Arc::new(Mutex::new(BalloonDevice::new(discard)));
             let mut transport = MmioTransport::new(mem.clone(), device).unwrap();
             let mut events = EventManager::<Subscriber>::new().unwrap();
             events.add_subscriber(Arc::new(Mutex::new(transport.event_handler().unwrap())));
@@ -350,9 +362,85 @@ mod tests {
     }
 
     #[test]
+    fn broken_descriptor_chains_are_refused_whole_and_the_device_keeps_working() {
+        let mem = test_memory();
+        let mut guest = Guest::reporting(&mem);
+        let report = (GuestAddress(FREE), 2 * MIB as u32);
+        let outside = GuestAddress(1 << 40);
+        // Each chain starts with a good 2 MiB report, then goes wrong. They
+        // fill table slots 0, 1 and 2-3 of a fresh queue, in that order.
+        let chains: [&[(GuestAddress, u32, u16, u16)]; 3] = [
+            // It loops back to itself (slot 0).
+            &[(report.0, report.1, F_WRITE | F_NEXT, 0)],
+            // Its next descriptor lies beyond the queue.
+            &[(report.0, report.1, F_WRITE | F_NEXT, 999)],
+            // Its next descriptor (slot 3) is an indirect table outside memory.
+            &[
+                (report.0, report.1, F_WRITE | F_NEXT, 3),
+                (outside, 16, F_INDIRECT, 0),
+            ],
+        ];
+        fill(&mem, FREE, 2 * MIB);
+
+        for chain in chains {
+            let head = guest.queues[REPORTING_QUEUE].add_raw_chain(chain);
+            notify(&mut guest.transport, REPORTING_QUEUE as u32);
+            guest.events.run_with_timeout(1000).unwrap();
+            let used = guest.queues[REPORTING_QUEUE].take_used();
+
+            assert_eq!(used, vec![(head, 0)], "{chain:?}");
+            assert!(all(&mem, FREE, 2 * MIB, 0xa5), "{chain:?} touched memory");
+        }
+        guest.send(REPORTING_QUEUE, &[(report.0, report.1, true)]);
+
+        assert!(
+            all(&mem, FREE, 2 * MIB, 0),
+            "the next report was not served"
+        );
+        assert_eq!(guest.returned_bytes(), 2 * MIB);
+        let status = read_reg(&mut guest.transport, REG_STATUS);
+        assert_eq!(status & STATUS_DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn head_outside_the_queue_is_skipped_and_the_device_keeps_working() {
+        let mem = test_memory();
+        let mut guest = Guest::reporting(&mem);
+        fill(&mem, FREE, 2 * MIB);
+
+        guest.queues[REPORTING_QUEUE].push_avail(500);
+        notify(&mut guest.transport, REPORTING_QUEUE as u32);
+        guest.events.run_with_timeout(1000).unwrap();
+        let skipped = guest.queues[REPORTING_QUEUE].take_used();
+        guest.send(
+            REPORTING_QUEUE,
+            &[(GuestAddress(FREE), 2 * MIB as u32, true)],
+        );
+
+        assert!(skipped.is_empty());
+        assert!(all(&mem, FREE, 2 * MIB, 0));
+        assert_eq!(guest.returned_bytes(), 2 * MIB);
+    }
+
+    #[test]
+    fn device_that_keeps_memory_offers_no_reporting_and_keeps_inflated_pages() {
+        let mem = test_memory();
+        let mut guest = Guest::with_discard(&mem, u64::MAX, 2, Discard::Keep);
+        let first = (FREE / PAGE) as u32;
+        fill(&mem, FREE, 2 * PAGE);
+
+        let used = guest.page_list(INFLATE_QUEUE, &[first, first + 1], false);
+
+        assert_eq!(guest.features, VERSION_1 | DEFLATE_ON_OOM);
+        assert_eq!(used[0].1, 0);
+        assert!(all(&mem, FREE, 2 * PAGE, 0xa5));
+        assert_eq!(guest.returned_bytes(), 0);
+    }
+
+    #[test]
     fn notification_before_activation_is_ignored() {
         let mem = test_memory();
-        let device = Arc::new(Mutex::new(BalloonDevice::new()));
+        let device = Arc::new(Mutex::new(BalloonDevice::new(Discard::Private)));
         let mut transport = MmioTransport::new(mem.clone(), device).unwrap();
         let mut events = EventManager::<Subscriber>::new().unwrap();
         events.add_subscriber(Arc::new(Mutex::new(transport.event_handler().unwrap())));

@@ -8,7 +8,8 @@
 //!
 //! - [`defs`]: spec constants;
 //! - [`request`]: a chain turned into checked host ranges, touching nothing;
-//! - [`discard`]: handing those ranges back to the host;
+//! - [`discard`]: handing those ranges back to the host, the way guest RAM
+//!   is mapped needs (kept when it is reserved hugetlbfs memory);
 //! - [`device`]: the virtio device, its configuration space and queues;
 //! - [`event_handler`]: the device on the VMM's event loop.
 

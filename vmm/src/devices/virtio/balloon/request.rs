@@ -25,6 +25,10 @@ pub const MAX_PFN_LIST_BYTES: u32 = 64 * 1024;
 /// Why a chain was returned to the guest without touching memory.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// A chain that ends in a descriptor the device cannot follow: a next
+    /// index outside the queue, an unreadable indirect table, a loop.
+    #[error("a descriptor chain is broken (its next descriptor cannot be followed)")]
+    BrokenChain,
     /// A reporting-queue descriptor the device could only read.
     #[error("descriptor {0} of a free page report is device-readable; reports are device-writable buffers")]
     ReportNotWritable(usize),
