@@ -58,6 +58,20 @@ pub enum KvmFlavor {
     Pvm,
 }
 
+/// When the guest's page cache is trimmed so that free page reporting can
+/// hand the memory back to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryReclaim {
+    /// Never: the page cache grows until the guest needs the memory.
+    Off,
+    /// Once the VM has run no command for a quiet period.
+    #[default]
+    Idle,
+    /// When idle, and also every minute while commands run.
+    Aggressive,
+}
+
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,6 +99,8 @@ pub struct Config {
     /// (`60`, `"5m"`); `"never"` keeps it up until `distroctl shutdown`.
     #[serde(deserialize_with = "optional_duration")]
     pub idle_timeout: Option<Duration>,
+    /// When the guest's page cache is trimmed for the host's sake.
+    pub memory_reclaim: MemoryReclaim,
     /// Distro that `distroctl shell` uses when none is named.
     pub default_distro: Option<String>,
     /// Forward ports that distros listen on to the host's localhost.
@@ -93,11 +109,28 @@ pub struct Config {
     pub port_forward: Vec<crate::net::port_rules::PortRule>,
 }
 
+/// The most guest memory a default config asks for. As in WSL2 the VM gets
+/// half the host's RAM, and pages the guest never touches or frees cost the
+/// host nothing (free page reporting); but the guest kernel's page array
+/// (64 bytes per 4 KiB page, 1.6%) is resident from boot whether the memory
+/// is used or not: 128 MiB at 8 GiB, and more for every gigabyte beyond.
+/// (WSL2 itself capped its default at 8 GB for years.)
+pub const DEFAULT_MEMORY_MAX: u64 = 8 << 30;
+
+/// The least guest memory a default config asks for: enough for the guest
+/// kernel, the agent and a small distro.
+pub const DEFAULT_MEMORY_MIN: u64 = 256 << 20;
+
+/// The default guest memory on a host with `host_ram` bytes of RAM.
+pub fn default_memory(host_ram: u64) -> u64 {
+    (host_ram / 2).clamp(DEFAULT_MEMORY_MIN, DEFAULT_MEMORY_MAX)
+}
+
 impl Default for Config {
     fn default() -> Self {
         let host_ram = host_memory_bytes();
         Config {
-            memory: (host_ram / 2).clamp(256 << 20, 4 << 30),
+            memory: default_memory(host_ram),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             kernel: None,
             modules: None,
@@ -106,6 +139,7 @@ impl Default for Config {
             disk_size: 64 << 30,
             boot_timeout: Duration::from_secs(120),
             idle_timeout: Some(Duration::from_secs(60)),
+            memory_reclaim: MemoryReclaim::Idle,
             default_distro: None,
             port_forwarding: true,
             port_forward: Vec::new(),
@@ -303,6 +337,7 @@ const KEYS: &[(&str, &str)] = &[
         "idle_timeout",
         "a duration such as \"60s\" or \"5m\", at least 1s, or \"never\"",
     ),
+    ("memory_reclaim", "\"off\", \"idle\" or \"aggressive\""),
     ("default_distro", "a distro name, as a string"),
     ("port_forwarding", "true or false"),
     ("port_forward", "[[port_forward]] entries"),
@@ -406,7 +441,15 @@ mod tests {
         let config = Config::parse("").unwrap();
 
         assert_eq!(config, Config::default());
-        assert!(config.memory <= 4 << 30);
+        assert!(config.memory <= DEFAULT_MEMORY_MAX);
+    }
+
+    #[test]
+    fn default_memory_is_half_the_host_within_bounds() {
+        assert_eq!(default_memory(8 << 30), 4 << 30);
+        assert_eq!(default_memory(12 << 30), 6 << 30);
+        assert_eq!(default_memory(64 << 30), DEFAULT_MEMORY_MAX);
+        assert_eq!(default_memory(256 << 20), DEFAULT_MEMORY_MIN);
     }
 
     #[test]
@@ -444,6 +487,19 @@ mod tests {
         assert!(Config::parse("idle_timeout = \"soon\"\n")
             .unwrap_err()
             .contains("never"));
+    }
+
+    #[test]
+    fn memory_reclaim_defaults_to_idle_and_takes_each_mode() {
+        assert_eq!(Config::default().memory_reclaim, MemoryReclaim::Idle);
+        for (text, mode) in [
+            ("off", MemoryReclaim::Off),
+            ("idle", MemoryReclaim::Idle),
+            ("aggressive", MemoryReclaim::Aggressive),
+        ] {
+            let config = Config::parse(&format!("memory_reclaim = \"{text}\"\n")).unwrap();
+            assert_eq!(config.memory_reclaim, mode);
+        }
     }
 
     #[test]
@@ -523,6 +579,12 @@ mod tests {
                 "never",
             ),
             ("backend = \"vmware\"", "backend = \"vmware\"", "\"qemu\""),
+            (
+                "memory_reclaim = \"sometimes\"",
+                "memory_reclaim = \"sometimes\"",
+                "\"off\", \"idle\" or \"aggressive\"",
+            ),
+            ("memory_reclaim = 1", "memory_reclaim = 1", "\"aggressive\""),
             (
                 "port_forwarding = 1",
                 "port_forwarding = 1",

@@ -155,6 +155,10 @@ pub fn config() -> Result<(), AnyError> {
         Some(t) => println!("idle_timeout = \"{}s\"", t.as_secs()),
         None => println!("idle_timeout = \"never\""),
     }
+    println!(
+        "memory_reclaim = \"{}\"",
+        format!("{:?}", c.memory_reclaim).to_lowercase()
+    );
     match &c.default_distro {
         Some(d) => println!("default_distro = \"{d}\""),
         None => println!("# default_distro: none yet (the first distro installed becomes it)"),

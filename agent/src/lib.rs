@@ -12,6 +12,7 @@ pub mod distro_root;
 pub mod exec;
 pub mod isolated_net;
 pub mod lifecycle;
+pub mod memory_trim;
 pub mod namespaces;
 pub mod port_watch;
 pub mod relay;

@@ -322,6 +322,26 @@ impl Agent {
             Request::Connect { distro, port } => {
                 return crate::relay::serve(conn, distro, port, distros).await
             }
+            Request::TrimMemory => {
+                let proc = std::path::Path::new("/proc");
+                match tokio::task::spawn_blocking(|| crate::memory_trim::trim(proc)).await {
+                    Ok(Ok(trimmed)) => {
+                        tracing::info!(
+                            cache_before_mib = trimmed.cache_before >> 20,
+                            cache_after_mib = trimmed.cache_after >> 20,
+                            "page cache trimmed"
+                        );
+                        Response::MemoryTrimmed {
+                            cache_before_bytes: trimmed.cache_before,
+                            cache_after_bytes: trimmed.cache_after,
+                        }
+                    }
+                    Ok(Err(e)) => Response::error(ErrorKind::Internal, crate::error_chain(&e)),
+                    Err(e) => {
+                        Response::error(ErrorKind::Internal, format!("page cache trim failed: {e}"))
+                    }
+                }
+            }
             Request::Shutdown => {
                 self.shutting_down.store(true, Ordering::SeqCst);
                 distros.terminate_all().await;

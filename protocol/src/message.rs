@@ -263,6 +263,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         names: Vec<String>,
     },
+    /// Drop the guest's clean page cache and compact its free memory, so
+    /// that free page reporting hands it back to the host; answered by
+    /// `memory_trimmed`. The manager sends it when the VM is idle.
+    TrimMemory,
 }
 
 /// Whether a listener appeared or went away.
@@ -481,6 +485,13 @@ pub enum Response {
         /// The VM's memory.
         guest: GuestMemory,
     },
+    /// The page cache was trimmed (answer to `trim_memory`).
+    MemoryTrimmed {
+        /// The guest's page cache (`Cached` in `/proc/meminfo`) before.
+        cache_before_bytes: u64,
+        /// And after.
+        cache_after_bytes: u64,
+    },
     /// The request failed.
     Error(AgentError),
 }
@@ -537,6 +548,23 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"port_event","change":"appeared","listener":{"address":"::1","port":8123}}"#
+        );
+    }
+
+    #[test]
+    fn trim_memory_and_its_answer_have_stable_names() {
+        let answer = Response::MemoryTrimmed {
+            cache_before_bytes: 2,
+            cache_after_bytes: 1,
+        };
+
+        assert_eq!(
+            serde_json::to_string(&Request::TrimMemory).unwrap(),
+            r#"{"op":"trim_memory"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"type":"memory_trimmed","cache_before_bytes":2,"cache_after_bytes":1}"#
         );
     }
 

@@ -359,6 +359,7 @@ mod tests {
             ("failover", &[]),
             ("net_failover", &["failover"]),
             ("virtio_net", &["virtio_ring", "virtio", "net_failover"]),
+            ("virtio_balloon", &["virtio", "virtio_ring"]),
             ("vsock", &[]),
             ("vmw_vsock_virtio_transport_common", &["vsock"]),
             (
@@ -478,9 +479,10 @@ mod tests {
         assert!(at("inet_diag") < at("tcp_diag"));
         assert!(at("nf_conntrack") < at("nf_nat"));
         assert!(at("nf_nat") < at("nft_masq"));
+        assert!(at("virtio_ring") < at("virtio_balloon"));
         assert_eq!(
             lines.len(),
-            19,
+            20,
             "built-in modules must not be listed:\n{order}"
         );
         for line in &lines {

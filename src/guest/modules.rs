@@ -18,7 +18,8 @@ use super::modinfo::{self, ModinfoError};
 
 /// Modules the utility VM needs, by name: the virtio-mmio transport (QEMU
 /// `microvm` and the own VMM put every device there), the data disk, the
-/// network, vsock to the host, the data disk's filesystem (with its
+/// network, vsock to the host, the balloon that gives free memory back to
+/// the host (free page reporting), the data disk's filesystem (with its
 /// checksum helpers), overlayfs for distros, the socket diagnostics the
 /// agent reads listening ports with, and veth plus nftables NAT for distros
 /// with a network of their own (the initramfs has no `modprobe` for the
@@ -28,6 +29,7 @@ pub const UTILITY_VM_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_net",
+    "virtio_balloon",
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod data_lock;
+pub mod reclaim;
 pub mod server;
 pub mod wire;
 

@@ -5,6 +5,10 @@
 //! boots it again for the commands still using it — and exits once the VM
 //! is stopped and nobody holds it.
 //!
+//! While the VM is idle the manager also asks the agent to trim the guest's
+//! page cache (`memory_reclaim`, see [`super::reclaim`]), so free page
+//! reporting can hand that memory back to the host.
+//!
 //! A command holds the VM with a lease: its connection to the manager,
 //! open for as long as the command runs. The command's own byte streams go
 //! straight to the agent through the VM's vsock socket.
@@ -23,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, Mutex};
 use tokio_util::codec::{Framed, LinesCodec};
 
 use super::data_lock::{self, OtherSession};
+use super::reclaim::{ReclaimSchedule, TrimReason};
 use super::wire::{FromManager, ManagerStatus, ToManager};
 use super::{check_owner, manager_lock, manager_socket, OwnerError, MAX_LINE};
 use crate::agent_client;
@@ -83,6 +88,8 @@ struct Manager {
     events: broadcast::Sender<FromManager>,
     /// Forwards the VM's listening ports to the host while the VM runs.
     forwarder: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set while a page cache trim is under way.
+    trimming: AtomicBool,
 }
 
 /// Runs the manager until the VM is stopped and unused. Blocking: it owns
@@ -152,6 +159,7 @@ pub fn run() -> Result<(), DaemonError> {
             last_crash: StdMutex::new(None),
             events: broadcast::channel(16).0,
             forwarder: StdMutex::new(None),
+            trimming: AtomicBool::new(false),
         });
         if adopted {
             manager.start_forwarding();
@@ -427,6 +435,7 @@ impl Manager {
         let mut stopped_since = Some(Instant::now());
         let mut linger = LINGER;
         let mut last_agent_check = Instant::now();
+        let mut reclaim = ReclaimSchedule::new();
         loop {
             tokio::time::sleep(TICK).await;
             let leases = self.leases.load(Ordering::SeqCst);
@@ -448,6 +457,7 @@ impl Manager {
                 }
             };
             if !running {
+                reclaim = ReclaimSchedule::new();
                 let since = *stopped_since.get_or_insert_with(Instant::now);
                 if leases == 0 && since.elapsed() >= linger {
                     return;
@@ -456,10 +466,15 @@ impl Manager {
             }
             stopped_since = None;
             linger = Duration::ZERO;
-            let Some(timeout) = Config::load(&Config::default_path())
-                .ok()
-                .and_then(|c| c.idle_timeout)
-            else {
+            let config = Config::load(&Config::default_path()).ok();
+            let mode = config
+                .as_ref()
+                .map_or_else(Default::default, |c| c.memory_reclaim);
+            let idle_for = (leases == 0).then(|| self.idle_for());
+            if let Some(reason) = reclaim.due(mode, Instant::now(), idle_for) {
+                self.trim_memory(reason);
+            }
+            let Some(timeout) = config.and_then(|c| c.idle_timeout) else {
                 continue;
             };
             if leases > 0 {
@@ -481,6 +496,45 @@ impl Manager {
                 stopped_since = Some(Instant::now());
             }
         }
+    }
+
+    /// Asks the agent to trim the guest's page cache, in the background;
+    /// skipped while the previous trim still runs.
+    fn trim_memory(self: &Arc<Self>, reason: TrimReason) {
+        if self.trimming.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let addr = control::agent_addr(&manager.paths);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(60),
+                agent_client::request(&addr, Request::TrimMemory),
+            )
+            .await;
+            match answer {
+                Ok(Ok((
+                    _,
+                    Response::MemoryTrimmed {
+                        cache_before_bytes,
+                        cache_after_bytes,
+                    },
+                ))) => tracing::info!(
+                    ?reason,
+                    cache_before_mib = cache_before_bytes >> 20,
+                    cache_after_mib = cache_after_bytes >> 20,
+                    "guest page cache trimmed"
+                ),
+                Ok(Ok((_, other))) => {
+                    tracing::warn!(?reason, answer = ?other, "the agent did not trim the page cache")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(?reason, error = %crate::describe(&e, true), "cannot ask the agent to trim the page cache")
+                }
+                Err(_) => tracing::warn!(?reason, "the page cache trim took over a minute"),
+            }
+            manager.trimming.store(false, Ordering::SeqCst);
+        });
     }
 
     /// True when a distro runs processes besides its init (or the agent

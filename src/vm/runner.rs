@@ -240,7 +240,9 @@ fn own_vmm_command(
         .arg("--cpus")
         .arg(args.cpus.min(u8::MAX.into()).to_string())
         .arg("--console")
-        .arg(&args.console_log);
+        .arg(&args.console_log)
+        .arg("--stats-file")
+        .arg(paths.monitor_stats_file());
     if let Some((socket, network)) = net {
         cmd.arg("--net-socket")
             .arg(socket)
@@ -348,5 +350,6 @@ mod tests {
         assert_eq!(value(&args, "--memory-mib"), Some("1024"));
         assert_eq!(value(&args, "--cpus"), Some("2"));
         assert_eq!(value(&args, "--console"), Some("/d/console.log"));
+        assert_eq!(value(&args, "--stats-file"), Some("/r/monitor-stats.json"));
     }
 }

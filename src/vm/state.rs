@@ -48,8 +48,8 @@ impl VmPaths {
         self.dir.join("vm.json")
     }
 
-    /// What our VMM reports about itself while it runs (memory returned
-    /// to the host); QEMU writes none.
+    /// What the VM monitor publishes about itself while it runs
+    /// (`{"memory_returned_bytes": N}`); only `distroctl-vmm` writes it.
     pub fn monitor_stats_file(&self) -> PathBuf {
         self.dir.join("monitor-stats.json")
     }
@@ -57,7 +57,12 @@ impl VmPaths {
     /// Removes the sockets and `vm.json` of a VM that is gone (or, before
     /// a boot, of one that died without cleaning up).
     pub fn remove_runtime_files(&self) {
-        for file in [self.vsock_socket(), self.vhost_socket(), self.state_file()] {
+        for file in [
+            self.vsock_socket(),
+            self.vhost_socket(),
+            self.state_file(),
+            self.monitor_stats_file(),
+        ] {
             let _ = std::fs::remove_file(file);
         }
     }

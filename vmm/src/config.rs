@@ -81,12 +81,18 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device, seeding the guest's CRNG from the host.
     pub rng: bool,
+    /// A virtio-balloon device through which the guest reports free memory,
+    /// which the host then takes back.
+    pub balloon: bool,
     /// The network device; no network when `None`.
     pub net: Option<NetConfig>,
     /// File the serial console is appended to; standard output when `None`.
     pub console: Option<PathBuf>,
     /// Where guest RAM pages come from.
     pub ram_backing: RamBacking,
+    /// A JSON file kept up to date with the memory the balloon has given
+    /// back to the host (see `monitor_stats`).
+    pub stats_file: Option<PathBuf>,
 }
 
 /// A configuration that cannot describe a VM.
@@ -162,9 +168,11 @@ mod tests {
                 uds_path: "/run/v.sock".into(),
             }),
             rng: true,
+            balloon: true,
             net: Some(NetConfig::new("/run/net.sock")),
             console: None,
             ram_backing: RamBacking::default(),
+            stats_file: None,
         }
     }
 

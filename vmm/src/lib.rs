@@ -15,7 +15,8 @@
 //! - [`devices`]: the PIO/MMIO [`devices::bus`], legacy PC devices and the
 //!   virtio devices with their virtio-mmio transport;
 //! - [`vcpu`]: vCPU threads and exit handling; [`event_loop`]: the device
-//!   event loop; [`vm`]: putting it all together.
+//!   event loop; [`vm`]: putting it all together;
+//! - [`monitor_stats`]: the `--stats-file` the host reads (memory returned).
 //!
 //! The vsock device is also served to QEMU through [`vhost_user`].
 
@@ -28,6 +29,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod monitor_stats;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;

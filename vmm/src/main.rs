@@ -21,10 +21,17 @@
 //! - `--console PATH`: append the serial console here (default: stdout).
 //! - `--no-rng`: leave out the virtio-rng device (present by default, so
 //!   the guest's CRNG is seeded at once).
+//! - `--no-balloon`: leave out the virtio-balloon device (present by
+//!   default, so memory the guest frees goes back to the host through free
+//!   page reporting).
 //! - `--hugepages`: back guest RAM with reserved 2 MiB pages from
 //!   hugetlbfs (`/proc/sys/vm/nr_hugepages`); by default it is anonymous
 //!   memory at 2 MiB-aligned addresses with transparent huge pages
 //!   requested, so KVM maps it with 2 MiB nested pages either way.
+//! - `--stats-file PATH`: keep `{"memory_returned_bytes": N}` in `PATH`
+//!   (rewritten atomically, at most once a second, when `N` changes): the
+//!   guest memory free page reporting and inflation gave back so far.
+//!   With `--hugepages` the reserved pages are kept and `N` stays 0.
 //! - `--net-socket PATH`: a virtio-net device whose frames go to passt
 //!   serving `PATH` (`passt --socket PATH`; QEMU's stream framing); the VMM
 //!   connects at start. `--mac xx:xx:xx:xx:xx:xx` (default
@@ -90,9 +97,15 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Leave out the virtio-balloon device (free page reporting).
+    #[arg(long)]
+    no_balloon: bool,
     /// Back guest RAM with reserved 2 MiB pages from hugetlbfs.
     #[arg(long)]
     hugepages: bool,
+    /// JSON file kept up to date with the memory given back to the host.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
     /// Unix socket of the network backend (passt) for a virtio-net device.
     #[arg(long)]
     net_socket: Option<PathBuf>,
@@ -131,6 +144,7 @@ impl Args {
                 uds_path,
             }),
             rng: !self.no_rng,
+            balloon: !self.no_balloon,
             net: self.net_socket.map(|socket| {
                 let mut net = NetConfig::new(socket);
                 net.mac = self.mac.unwrap_or(net.mac);
@@ -143,6 +157,7 @@ impl Args {
             } else {
                 RamBacking::TransparentHugePages
             },
+            stats_file: self.stats_file,
         }
     }
 }

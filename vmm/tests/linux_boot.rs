@@ -76,9 +76,11 @@ fn linux_finds_acpi_and_serial_then_reboots_on_panic() {
         disk: None,
         vsock: None,
         rng: false,
+        balloon: false,
         net: None,
         console: Some(console.clone()),
         ram_backing: Default::default(),
+        stats_file: None,
     };
     let vm = Vm::new(config).unwrap();
     let handle = vm.handle();

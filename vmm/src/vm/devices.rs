@@ -11,6 +11,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
@@ -28,6 +29,8 @@ use crate::devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS, SLEEP_
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::legacy::serial::{SerialConsole, COM1_PORT, SERIAL_PORTS};
 use crate::devices::legacy::{EventFdTrigger, ExitTrigger};
+use crate::devices::virtio::balloon::discard::Discard;
+use crate::devices::virtio::balloon::BalloonDevice;
 use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
@@ -87,6 +90,8 @@ pub struct Devices {
     pub acpi: AcpiPlatform,
     /// Event-loop halves of the devices.
     pub subscribers: Vec<Subscriber>,
+    /// Bytes the balloon has given back to the host, when there is one.
+    pub memory_returned: Option<Arc<AtomicU64>>,
 }
 
 impl<D: EventDrivenDevice + Send> BusDevice for MmioTransport<D> {
@@ -201,8 +206,9 @@ fn console_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, DeviceSetu
 }
 
 /// Creates every device `config` asks for. Virtio windows are handed out in
-/// a fixed order — data disk, vsock, rng, network — and the data disk comes
-/// first so it is `/dev/vda` (virtio-mmio devices probe in DSDT order).
+/// a fixed order — data disk, vsock, rng, network, balloon — and the data
+/// disk comes first so it is `/dev/vda` (virtio-mmio devices probe in DSDT
+/// order).
 pub fn create_devices(
     vm: &Arc<VmFd>,
     irqchip: bool,
@@ -222,6 +228,7 @@ pub fn create_devices(
                 ..Default::default()
             },
             subscribers: Vec::new(),
+            memory_returned: None,
         },
     };
 
@@ -265,5 +272,80 @@ pub fn create_devices(
         let device = NetDevice::new(net).map_err(DeviceSetupError::Net)?;
         builder.add_virtio(device)?;
     }
+    if config.balloon {
+        let balloon = BalloonDevice::new(Discard::for_backing(config.ram_backing));
+        builder.devices.memory_returned = Some(balloon.returned_counter());
+        builder.add_virtio(balloon)?;
+    }
     Ok(builder.devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::acpi::dsdt::dsdt_aml;
+    use crate::boot::BootSource;
+    use crate::devices::virtio::balloon::defs::VIRTIO_ID_BALLOON;
+    use crate::devices::virtio::mmio::defs::REG_DEVICE_ID;
+
+    /// A config with no virtio device but (maybe) the balloon.
+    fn config(balloon: bool, console: PathBuf) -> VmConfig {
+        VmConfig {
+            boot: BootSource::Kernel {
+                kernel: "/k".into(),
+                initramfs: None,
+                cmdline: String::new(),
+            },
+            memory_mib: 64,
+            cpus: 1,
+            disk: None,
+            vsock: None,
+            rng: false,
+            balloon,
+            net: None,
+            console: Some(console),
+            ram_backing: Default::default(),
+            stats_file: None,
+        }
+    }
+
+    #[test]
+    fn balloon_gets_a_virtio_window_and_a_dsdt_entry_unless_left_out() {
+        let vm = match kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm()) {
+            Ok(vm) => Arc::new(vm),
+            Err(e) => {
+                eprintln!("SKIP: no usable /dev/kvm ({e})");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let console = dir.path().join("console.log");
+
+        let with = create_devices(&vm, false, &mem, &config(true, console.clone()), &exit).unwrap();
+        let without = create_devices(&vm, false, &mem, &config(false, console), &exit).unwrap();
+
+        assert_eq!(
+            with.acpi.virtio,
+            vec![MmioDeviceInfo {
+                base: VIRTIO_MMIO_START,
+                len: MMIO_WINDOW_SIZE,
+                irq: VIRTIO_IRQ_BASE,
+            }]
+        );
+        let mut device_id = [0u8; 4];
+        assert!(with
+            .mmio
+            .read(VIRTIO_MMIO_START + REG_DEVICE_ID, &mut device_id));
+        assert_eq!(u32::from_le_bytes(device_id), VIRTIO_ID_BALLOON);
+        let aml = dsdt_aml(&with.acpi.serial, &with.acpi.virtio);
+        assert!(
+            aml.windows(4).any(|w| w == b"V000"),
+            "no virtio device in the DSDT"
+        );
+        assert!(without.acpi.virtio.is_empty());
+    }
 }

@@ -18,9 +18,11 @@
 //!     disk: Some("data.img".into()),
 //!     vsock: None,
 //!     rng: true,
+//!     balloon: true,
 //!     net: None,
 //!     console: Some("console.log".into()),
 //!     ram_backing: Default::default(),
+//!     stats_file: None,
 //! };
 //! let reason = Vm::new(config)?.run()?;
 //! println!("guest ended: {reason:?}");
@@ -52,6 +54,7 @@ use crate::arch::regs::{configure_vcpu, RegsError};
 use crate::boot::{prepare_boot, BootError, BootPlan};
 use crate::config::{ConfigError, VmConfig};
 use crate::event_loop::{EventLoop, ExitWatcher};
+use crate::monitor_stats::StatsFile;
 use crate::vcpu::{RunState, Vcpu, VcpuControl, VcpuError};
 use crate::vm_exit::{ExitReason, ExitSignal};
 use devices::{create_devices, DeviceSetupError};
@@ -100,6 +103,15 @@ pub enum VmError {
     /// Creating devices.
     #[error("cannot create the devices")]
     Devices(#[source] DeviceSetupError),
+    /// Writing the `--stats-file` for the first time.
+    #[error("cannot write the stats file {}", path.display())]
+    StatsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Setting up a vCPU.
     #[error("cannot set up vCPU {id}")]
     VcpuSetup {
@@ -193,6 +205,16 @@ impl Vm {
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(Arc::clone(&exit)))));
         for subscriber in devices.subscribers {
             events.add_subscriber(subscriber);
+        }
+        if let Some(path) = &config.stats_file {
+            // Without a balloon nothing is ever returned; the file says 0.
+            let returned = devices.memory_returned.unwrap_or_default();
+            let stats =
+                StatsFile::new(path.clone(), returned).map_err(|source| VmError::StatsFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            events.add_subscriber(Arc::new(Mutex::new(stats)));
         }
 
         let control = Arc::new(VcpuControl::new(usize::from(config.cpus)));

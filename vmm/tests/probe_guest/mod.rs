@@ -83,9 +83,11 @@ pub fn probe_config(
         disk: None,
         vsock: None,
         rng: false,
+        balloon: false,
         net: None,
         console: Some(dir.join("console.log")),
         ram_backing: Default::default(),
+        stats_file: None,
     }
 }
 

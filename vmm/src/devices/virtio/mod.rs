@@ -4,6 +4,7 @@
 //! `device`, `event_handler`, and the device's own parts), so a reader who
 //! knows one knows where everything is in the next.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;

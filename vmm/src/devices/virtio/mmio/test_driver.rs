@@ -11,8 +11,12 @@ use super::defs::*;
 use super::MmioTransport;
 use crate::devices::virtio::VirtioDevice;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+/// `VRING_DESC_F_NEXT`.
+pub const F_NEXT: u16 = 1;
+/// `VRING_DESC_F_WRITE`.
+pub const F_WRITE: u16 = 2;
+/// `VRING_DESC_F_INDIRECT`.
+pub const F_INDIRECT: u16 = 4;
 
 /// Guest memory for a test: 32 MiB from address 0.
 pub fn test_memory() -> GuestMemoryMmap {
@@ -46,23 +50,49 @@ impl<'m> GuestQueue<'m> {
     /// `(addr, len, device_writable)`; returns the head index.
     pub fn add_chain(&mut self, descs: &[(GuestAddress, u32, bool)]) -> u16 {
         let count = descs.len() as u16;
+        let head = if self.next_desc + count > self.size {
+            0
+        } else {
+            self.next_desc
+        };
+        let raw: Vec<(GuestAddress, u32, u16, u16)> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, writable))| {
+                let mut flags = if writable { F_WRITE } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= F_NEXT;
+                }
+                (addr, len, flags, head + i as u16 + 1)
+            })
+            .collect();
+        self.add_raw_chain(&raw)
+    }
+
+    /// Puts descriptors exactly as given — `(addr, len, flags, next)`, as a
+    /// buggy or hostile driver might write them — into consecutive table
+    /// slots and their first slot on the available ring; returns that slot.
+    pub fn add_raw_chain(&mut self, descs: &[(GuestAddress, u32, u16, u16)]) -> u16 {
+        let count = descs.len() as u16;
         if self.next_desc + count > self.size {
             self.next_desc = 0;
         }
         let head = self.next_desc;
-        for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-            let index = head + i as u16;
-            let mut flags = if writable { F_WRITE } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= F_NEXT;
-            }
-            let desc = SplitDescriptor::new(addr.0, len, flags, index + 1);
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let desc = SplitDescriptor::new(addr.0, len, flags, next);
             self.mock
                 .desc_table()
-                .store(index, RawDescriptor::from(desc))
+                .store(head + i as u16, RawDescriptor::from(desc))
                 .unwrap();
         }
         self.next_desc += count;
+        self.push_avail(head);
+        head
+    }
+
+    /// Puts `head` on the available ring as it is, even when it names no
+    /// descriptor of the table.
+    pub fn push_avail(&mut self, head: u16) {
         let avail_idx = self.mock.avail().idx().load();
         self.mock
             .avail()
@@ -71,7 +101,6 @@ impl<'m> GuestQueue<'m> {
             .unwrap()
             .store(head);
         self.mock.avail().idx().store(avail_idx.wrapping_add(1));
-        head
     }
 
     /// `(head, len)` of every chain the device returned since the last call.
