@@ -28,8 +28,14 @@ fn two_distros() -> TestAgent {
 /// The victim distro runs a command within [`VICTIM_DEADLINE`] and the
 /// agent is still the process the test started.
 fn assert_victim_unharmed(agent: &TestAgent) {
+    assert_unharmed(agent, "victim");
+}
+
+/// [`assert_victim_unharmed`] for a victim of another name (tests with
+/// cgroups share the host's hierarchy, so their distros' names differ).
+fn assert_unharmed(agent: &TestAgent, victim: &str) {
     let started = Instant::now();
-    let out = agent.sh("victim", "echo alive");
+    let out = agent.sh(victim, "echo alive");
     assert_eq!(out.trim(), "alive");
     assert!(
         started.elapsed() < VICTIM_DEADLINE,
@@ -315,6 +321,34 @@ fn killed_exec_client_gets_its_process_group_hung_up_then_killed() {
     assert_victim_unharmed(&agent);
 }
 
+/// A block device that root on this host can open, as `(major, minor)`:
+/// the disk the data directory is on (every distro's files), else a loop
+/// device. The filter is only seen to work where the device would open
+/// without it; `None`, with the reason printed, where no block device
+/// opens for root here (a sandbox of the host's own).
+fn openable_block_device(agent: &TestAgent) -> Option<(u64, u64)> {
+    let disk = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(agent.data()).unwrap());
+    let loop0 = nix::sys::stat::makedev(7, 0);
+    let probe = agent.dir.path().join("probe-node");
+    for dev in [disk, loop0] {
+        let _ = std::fs::remove_file(&probe);
+        nix::sys::stat::mknod(
+            &probe,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            dev,
+        )
+        .unwrap();
+        let opens = std::fs::File::open(&probe).is_ok();
+        std::fs::remove_file(&probe).unwrap();
+        if opens {
+            return Some((nix::sys::stat::major(dev), nix::sys::stat::minor(dev)));
+        }
+    }
+    eprintln!("SKIP: root on this host can open neither the data disk nor /dev/loop0");
+    None
+}
+
 #[test]
 fn distro_root_cannot_read_the_disk_through_a_device_node_it_made() {
     if !can_run_agent() {
@@ -324,14 +358,14 @@ fn distro_root_cannot_read_the_disk_through_a_device_node_it_made() {
         return;
     };
     let agent = TestAgent::start_with_cgroups(Some(&cgroups));
+    let Some((major, minor)) = openable_block_device(&agent) else {
+        return;
+    };
     agent.import_debian("rawdisk");
     agent.import_debian("victim");
     agent.ok(&["start", "victim"]);
-    // The disk the data directory is on: every distro's files.
-    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(agent.data()).unwrap());
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
     let script = format!(
-        "mknod /root/disk b {major} {minor} && head -c 512 /root/disk | wc -c; \
+        "mknod /root/disk b {major} {minor} && head -c 512 /root/disk >/dev/null && echo disk-opened; \
          head -c 4 /dev/urandom | wc -c; echo ok > /dev/null && echo null-ok"
     );
 
@@ -342,10 +376,99 @@ fn distro_root_cannot_read_the_disk_through_a_device_node_it_made() {
         stderr.contains("Operation not permitted"),
         "reading the disk was not refused: {stdout} {stderr}"
     );
-    assert!(!stdout.lines().any(|l| l.trim() == "512"), "{stdout}");
+    assert!(!stdout.contains("disk-opened"), "{stdout}");
     assert!(stdout.lines().any(|l| l.trim() == "4"), "urandom: {stdout}");
     assert!(stdout.contains("null-ok"), "{stdout}");
     assert_victim_unharmed(&agent);
+}
+
+/// Root in a distro trying to lift its device filter with `bpf(2)` (perl
+/// is in every Debian): detach what is attached to the cgroup it sees,
+/// then load an allow-everything program and attach it there, with each
+/// attach mode.
+const LIFT_DEVICE_FILTER: &str = r#"
+use strict;
+my $SYS_BPF = 321;
+sysopen(my $group, "/sys/fs/cgroup", 0) or die "open /sys/fs/cgroup: $!\n";
+my $fd = fileno($group);
+my $detach = pack("LLLLL", $fd, 0, 6, 0, 0);
+my $r = syscall($SYS_BPF, 9, $detach, length($detach));
+print "detach: ", ($r < 0 ? "refused ($!)" : "done"), "\n";
+my $insns = pack("CCsl", 0xb7, 0, 0, 1) . pack("CCsl", 0x95, 0, 0, 0);
+my $license = "GPL\0";
+my $load = pack("LLQQLLQLL", 15, 2, unpack("J", pack("P", $insns)),
+    unpack("J", pack("p", $license)), 0, 0, 0, 0, 0) . ("\0" x 24);
+my $prog = syscall($SYS_BPF, 5, $load, length($load));
+print "load: ", ($prog < 0 ? "refused ($!)" : "done"), "\n";
+exit 0 if $prog < 0;
+for my $flags (0, 1, 2) {
+    my $attach = pack("LLLLL", $fd, $prog, 6, $flags, 0);
+    my $a = syscall($SYS_BPF, 8, $attach, length($attach));
+    print "attach flags=$flags: ", ($a < 0 ? "refused ($!)" : "done"), "\n";
+}
+"#;
+
+#[test]
+fn distro_root_cannot_detach_or_override_its_device_filter() {
+    if !can_run_agent() {
+        return;
+    }
+    let Some(cgroups) = common::cgroup2_root() else {
+        return;
+    };
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIP: the script calls bpf(2) by its x86_64 number");
+        return;
+    }
+    let agent = TestAgent::start_with_cgroups(Some(&cgroups));
+    let Some((major, minor)) = openable_block_device(&agent) else {
+        return;
+    };
+    agent.import_debian("unfilter");
+    agent.import_debian("bystander");
+    agent.ok(&["start", "bystander"]);
+    std::fs::write(
+        agent.rootfs("unfilter").join("root/lift.pl"),
+        LIFT_DEVICE_FILTER,
+    )
+    .unwrap();
+    let script = format!(
+        "perl /root/lift.pl; mknod /root/disk b {major} {minor} && \
+         head -c 512 /root/disk >/dev/null && echo disk-opened"
+    );
+
+    let out = agent.run(&["exec", "unfilter", "--", "sh", "-c", &script]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+
+    // Root could load BPF programs, so the attempts below were real.
+    assert!(stdout.contains("load: done"), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("detach: refused"),
+        "the distro detached a filter from its own group: {stdout}"
+    );
+    assert!(
+        !stdout.contains("disk-opened"),
+        "the disk opened after the filter was fought: {stdout} {stderr}"
+    );
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    // The filtered group is not one the distro can open: its processes
+    // (and its cgroup namespace root) are one level below it.
+    let group = cgroups.join("distroctl/unfilter");
+    let direct = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+    let below = std::fs::read_to_string(group.join("distro/cgroup.procs")).unwrap();
+    assert!(
+        direct.trim().is_empty(),
+        "processes in the filtered group: {direct}"
+    );
+    assert!(
+        !below.trim().is_empty(),
+        "no processes below the filtered group"
+    );
+    assert_eq!(
+        agent.sh("unfilter", "grep '^0::' /proc/self/cgroup").trim(),
+        "0::/"
+    );
+    assert_unharmed(&agent, "bystander");
 }
 
 /// PID 1 of a running distro as the host sees it, and its start time.

@@ -1,7 +1,13 @@
-//! cgroup v2 groups for distros: `<cgroup root>/distroctl/<name>`.
+//! cgroup v2 groups for distros: `<cgroup root>/distroctl/<name>` holds the
+//! device filter and the limits, and is where statistics are read; the
+//! distro's processes run in its child `distro`, the root of the distro's
+//! cgroup namespace and of its `/sys/fs/cgroup`. Root in the distro can
+//! open only that child, so it can neither detach the filter nor raise
+//! the limits, and a runtime inside the distro can still make groups and
+//! filters of its own below it.
 //!
 //! When the configured root is not a cgroup2 mount, distros start without a
-//! group and their limits are reported as unavailable.
+//! group, without limits and without a device filter; the log says so.
 
 use std::fs;
 use std::io;
@@ -12,6 +18,9 @@ use thiserror::Error;
 
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The child group a distro's processes run in.
+const PROCESSES_GROUP: &str = "distro";
 
 /// Period used for `cpu.max`, in microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -30,6 +39,10 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    /// The device filter could not be installed; the distro must not run
+    /// without it.
+    #[error("distros do not start without a device filter")]
+    DeviceFilter(#[source] crate::device_filter::DeviceFilterError),
 }
 
 /// The `distroctl` subtree of a cgroup2 hierarchy.
@@ -41,7 +54,8 @@ pub struct Cgroups {
 /// The group of one distro.
 #[derive(Debug, Clone)]
 pub struct DistroCgroup {
-    /// Its directory.
+    /// Its directory: filter, limits and statistics (its processes run in
+    /// [`DistroCgroup::processes`]).
     pub path: PathBuf,
     /// Whether every requested limit could be set.
     pub limits_applied: bool,
@@ -53,12 +67,21 @@ impl Cgroups {
     pub fn detect(root: &Path) -> Option<Cgroups> {
         let stat = nix::sys::statfs::statfs(root).ok()?;
         if stat.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
-            tracing::info!(root = %root.display(), "no cgroup2 mount; distros run without resource limits");
+            tracing::warn!(
+                root = %root.display(),
+                "no cgroup2 mount: distros run without resource limits and without a device filter \
+                 (root in a distro can open the VM's disks)"
+            );
             return None;
         }
         let parent = root.join("distroctl");
         if let Err(e) = fs::create_dir_all(&parent) {
-            tracing::warn!(dir = %parent.display(), error = %e, "cannot create cgroup; distros run without resource limits");
+            tracing::warn!(
+                dir = %parent.display(),
+                error = %e,
+                "cannot create cgroup: distros run without resource limits and without a device filter \
+                 (root in a distro can open the VM's disks)"
+            );
             return None;
         }
         enable_controllers(root);
@@ -76,26 +99,23 @@ impl Cgroups {
         })
     }
 
-    /// Creates (or reuses) the group for `name`, installs the device filter
-    /// and applies `limits`.
+    /// Creates the group for `name` with its device filter and `limits`,
+    /// and the child its processes will run in. A group left behind by an
+    /// earlier run is removed first so filters do not pile up.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<DistroCgroup, CgroupError> {
         let path = self.parent.join(name);
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(CgroupError::Io {
-                    action: "create cgroup",
-                    path,
-                    source,
-                })
-            }
+        if path.is_dir() {
+            remove_tree(&path);
         }
-        // Without the filter root in the distro could read the VM's disks;
-        // a kernel without cgroup BPF cannot have it, so say so loudly.
+        make_group(&path)?;
+        // Before any process enters: without the filter root in the distro
+        // could open the VM's disks, so a failure stops the start.
         if let Err(e) = crate::device_filter::attach(&path) {
-            tracing::warn!(distro = name, error = %crate::error_chain(&e), "distro runs without a device filter");
+            remove_tree(&path);
+            return Err(CgroupError::DeviceFilter(e));
         }
+        enable_controllers(&path);
+        make_group(&path.join(PROCESSES_GROUP))?;
         let applied = self.apply_limits(name, limits);
         Ok(DistroCgroup {
             path,
@@ -133,7 +153,25 @@ impl Cgroups {
     }
 }
 
+fn make_group(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CgroupError::Io {
+            action: "create cgroup",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 impl DistroCgroup {
+    /// The group the distro's processes join (its PID 1 and every exec):
+    /// the root of its cgroup namespace.
+    pub fn processes(&self) -> PathBuf {
+        self.path.join(PROCESSES_GROUP)
+    }
+
     /// Kills every process in the group (`cgroup.kill`, Linux 5.14+).
     pub fn kill_all(&self) {
         if let Err(e) = fs::write(self.path.join("cgroup.kill"), "1") {
@@ -212,5 +250,43 @@ fn enable_controllers(dir: &Path) {
                 tracing::debug!(dir = %dir.display(), controller = c, error = %e, "controller not delegated");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_fails_and_leaves_no_group_when_the_device_filter_cannot_be_attached() {
+        // A plain directory is no cgroup: the kernel refuses the filter
+        // there (and without root it refuses to load the program at all).
+        let dir = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups {
+            parent: dir.path().to_path_buf(),
+        };
+
+        let created = cgroups.create("d", &Limits::default());
+
+        let err = created.expect_err("a distro group without a device filter");
+        assert!(matches!(err, CgroupError::DeviceFilter(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "distros do not start without a device filter"
+        );
+        assert!(!dir.path().join("d").exists());
+    }
+
+    #[test]
+    fn processes_run_in_a_child_of_the_filtered_group() {
+        let group = DistroCgroup {
+            path: PathBuf::from("/sys/fs/cgroup/distroctl/d"),
+            limits_applied: true,
+        };
+
+        assert_eq!(
+            group.processes(),
+            Path::new("/sys/fs/cgroup/distroctl/d/distro")
+        );
     }
 }

@@ -22,6 +22,10 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 /// `BPF_CGROUP_DEVICE` attach type.
 const BPF_CGROUP_DEVICE: u32 = 6;
+/// `BPF_F_ALLOW_MULTI`: programs attached below this one (a container
+/// runtime's, inside a distro) run *in addition* to it, so they can only
+/// refuse more, never allow what this one refuses.
+const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
 
 /// `BPF_DEVCG_DEV_CHAR` (and `_BLOCK` = 1).
 const DEV_CHAR: i32 = 2;
@@ -184,8 +188,10 @@ fn load(program: &[Insn]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Attaches the device filter to the cgroup directory `group`, replacing
-/// one attached before (a group reused by a new start).
+/// Attaches the device filter to the cgroup directory `group`, for it and
+/// every group below it. Attach it to a group the distro cannot open (the
+/// parent of its cgroup-namespace root): root in the distro could detach a
+/// filter from a group it can open.
 pub fn attach(group: &Path) -> Result<(), DeviceFilterError> {
     let prog = load(&program(&ALLOWED)).map_err(DeviceFilterError::Load)?;
     let name = group.display().to_string();
@@ -194,6 +200,7 @@ pub fn attach(group: &Path) -> Result<(), DeviceFilterError> {
         target_fd: dir.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
         ..Default::default()
     };
     // The attachment keeps the program alive; our descriptors may close.
@@ -276,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_accepts_and_attaches_the_program() {
+    fn kernel_accepts_the_program_and_groups_below_may_add_their_own() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIP: loading BPF programs needs root");
             return;
@@ -292,13 +299,17 @@ mod tests {
             return;
         };
         let group = root.join(format!("distroctl-filter-test-{}", std::process::id()));
+        let child = group.join("nested");
         std::fs::create_dir(&group).unwrap();
+        std::fs::create_dir(&child).unwrap();
 
         let attached = attach(&group);
-        let again = attach(&group);
+        // A runtime inside the distro filtering its containers' devices.
+        let nested = attach(&child);
+        std::fs::remove_dir(&child).unwrap();
         std::fs::remove_dir(&group).unwrap();
 
         attached.unwrap();
-        again.unwrap();
+        nested.unwrap();
     }
 }

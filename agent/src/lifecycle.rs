@@ -47,6 +47,15 @@ pub enum LifecycleError {
         #[source]
         source: io::Error,
     },
+    /// Its cgroup (with the device filter) could not be set up.
+    #[error("could not start distro {name}")]
+    Cgroup {
+        /// Distro.
+        name: String,
+        /// Cause.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
     /// The distro's PID 1 reported an error during setup.
     #[error("could not start distro {name}: {message}")]
     Setup {
@@ -68,7 +77,9 @@ impl LifecycleError {
     pub fn to_response(&self) -> Response {
         let kind = match self {
             LifecycleError::Store(e) => return store_error_response(e),
-            LifecycleError::Spawn { .. } | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
+            LifecycleError::Spawn { .. }
+            | LifecycleError::Cgroup { .. }
+            | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
             LifecycleError::StopTimeout(_) => ErrorKind::Internal,
             LifecycleError::Settings(SettingsError::NoSuchUser { .. }) => ErrorKind::NoSuchUser,
             LifecycleError::Settings(_) => ErrorKind::BadRequest,
@@ -207,16 +218,18 @@ impl Distros {
         }
         let rootfs = self.store.rootfs(name)?;
         let settings = self.store.settings(name)?;
-        let cgroup = match &self.cgroups {
-            Some(c) => match c.create(name, &settings.limits) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    tracing::warn!(distro = name, error = %crate::error_chain(&e), "starting without a cgroup");
-                    None
-                }
-            },
-            None => None,
-        };
+        // With cgroup2 present a distro never runs without its group: the
+        // device filter is what keeps its root off the VM's disks.
+        let cgroup =
+            match &self.cgroups {
+                Some(c) => Some(c.create(name, &settings.limits).map_err(|source| {
+                    LifecycleError::Cgroup {
+                        name: name.to_string(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let spawn_err = |source| LifecycleError::Spawn {
             name: name.to_string(),
             source,
@@ -242,7 +255,7 @@ impl Distros {
             Some(g) => Some(
                 std::fs::OpenOptions::new()
                     .write(true)
-                    .open(g.path.join("cgroup.procs"))
+                    .open(g.processes().join("cgroup.procs"))
                     .map_err(spawn_err)?,
             ),
             None => None,
@@ -260,7 +273,7 @@ impl Distros {
             cmd.pre_exec(move || {
                 if let Some(procs) = &procs {
                     // cgroup first, so the new cgroup namespace is rooted at
-                    // the distro's group.
+                    // the distro's processes group, below its filter.
                     nix::unistd::write(procs, b"0")?;
                 }
                 crate::namespaces::default_signal_actions_in_child()?;

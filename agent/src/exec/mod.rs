@@ -287,7 +287,7 @@ async fn spawn(
         Some(g) => Some(
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(g.path.join("cgroup.procs"))
+                .open(g.processes().join("cgroup.procs"))
                 .map_err(|e| internal("open the distro's cgroup", e))?
                 .into(),
         ),
