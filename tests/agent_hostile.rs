@@ -471,6 +471,63 @@ fn distro_root_cannot_detach_or_override_its_device_filter() {
     assert_unharmed(&agent, "bystander");
 }
 
+#[test]
+fn a_start_that_stalls_holds_up_only_its_own_distro() {
+    if !can_run_agent() {
+        return;
+    }
+    let Some(cgroups) = common::cgroup2_root() else {
+        return;
+    };
+    let agent = TestAgent::start_with_cgroups(Some(&cgroups));
+    agent.import_debian("stalled");
+    agent.import_debian("quick");
+    agent.ok(&["start", "quick"]);
+    // A group the agent cannot clear (a process is left in it), frozen:
+    // the stalled distro's init stops as soon as it joins, mid-start.
+    let group = cgroups.join("distroctl/stalled");
+    std::fs::create_dir_all(&group).unwrap();
+    let mut leftover = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    std::fs::write(group.join("cgroup.procs"), leftover.id().to_string()).unwrap();
+    std::fs::write(group.join("cgroup.freeze"), "1").unwrap();
+    let mut start = agent.spawn(&["start", "stalled"]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let started = Instant::now();
+    let quick = agent.sh("quick", "echo alive");
+    let quick_took = started.elapsed();
+    let list = text(&agent.ok(&["list"]).stdout);
+    let still_starting = start.try_wait().unwrap().is_none();
+    std::fs::write(group.join("cgroup.freeze"), "0").unwrap();
+    let start_out = start.wait_with_output().unwrap();
+    let _ = leftover.kill();
+    let _ = leftover.wait();
+
+    assert!(
+        still_starting,
+        "the stalled start ended early: {}",
+        text(&start_out.stderr)
+    );
+    assert_eq!(quick.trim(), "alive");
+    assert!(
+        quick_took < VICTIM_DEADLINE,
+        "exec in quick took {quick_took:?}"
+    );
+    assert!(
+        common::list_row(&list, "quick").contains("running"),
+        "{list}"
+    );
+    assert!(
+        start_out.status.success(),
+        "the start did not finish once thawed: {}",
+        text(&start_out.stderr)
+    );
+    assert!(agent.is_running(), "the agent died: {}", agent.log_tail());
+}
+
 /// PID 1 of a running distro as the host sees it, and its start time.
 fn pid1_of(agent: &TestAgent, distro: &str) -> String {
     agent
@@ -559,4 +616,39 @@ fn idle_connections_that_never_say_hello_do_not_lock_out_commands() {
     let mut buf = [0u8; 1];
     let read = std::io::Read::read(&mut oldest, &mut buf);
     assert_eq!(read.unwrap(), 0, "the oldest idle connection was closed");
+}
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed_after_the_handshake_limit() {
+    if !can_run_agent() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let mut silent = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    let connected = Instant::now();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    let list = agent.run(&["list"]);
+    let served_after = connected.elapsed();
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut silent, &mut buf);
+    let closed_after = connected.elapsed();
+
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(
+        served_after < VICTIM_DEADLINE,
+        "another client waited {served_after:?}"
+    );
+    assert_eq!(
+        read.unwrap(),
+        0,
+        "the silent connection got bytes or an error"
+    );
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(15)).contains(&closed_after),
+        "closed after {closed_after:?}, not after about 10 s"
+    );
+    assert!(agent.is_running(), "the agent died: {}", agent.log_tail());
 }
