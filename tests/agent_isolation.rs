@@ -195,7 +195,9 @@ fn cgroup_v2_groups_count_processes_and_terminate_kills_them() {
         "for i in 1 2 3; do setsid sleep 4545 </dev/null >/dev/null 2>&1 & done",
     );
     let group = root.join("distroctl/grouped");
-    let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+    // The distro's processes live one level below its group (which holds
+    // the device filter and the limits).
+    let procs = std::fs::read_to_string(group.join("distro/cgroup.procs")).unwrap();
     let list = text(&agent.ok(&["list", "-v"]).stdout);
     let ns_root = agent.sh("grouped", "cat /proc/self/cgroup");
 
