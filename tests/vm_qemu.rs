@@ -102,8 +102,11 @@ fn assert_stats_follow_the_workload(vm: &common::vm::TestVm, name: &str) {
     assert_eq!(files.len(), 4, "{files:?}");
     let file = |i: usize| files[i].trim().parse::<u64>().unwrap();
     assert!(file(0) >= value(now, "cpu_usage_usec"), "{files:?} {now}");
+    // `stats` reads the distro's group, the distro sees its processes'
+    // child group: the parent's peak may exceed the child's by the few
+    // pages charged to the parent itself.
     assert!(
-        file(1) >= value(now, "memory_peak_bytes"),
+        file(1) + (1 << 20) >= value(now, "memory_peak_bytes"),
         "{files:?} {now}"
     );
     assert_eq!(files[2], "max");
