@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::boot::BootSource;
+use crate::devices::virtio::fs::defs::FS_TAG_MAX_LEN;
 use crate::devices::virtio::net::defs::{DEFAULT_MAC, DEFAULT_MTU, MIN_MTU};
-use crate::vm::guest_ram::RamBacking;
+use crate::vm::guest_ram::{RamBacking, RamSharing};
 
 /// Most vCPUs: APIC IDs are one byte in CPUID leaf 1 and the MADT, and 255
 /// is the broadcast ID.
@@ -45,6 +46,44 @@ impl NetConfig {
             mtu: DEFAULT_MTU,
         }
     }
+}
+
+/// A host directory shared with the guest through virtio-fs: the tag the
+/// guest mounts (`mount -t virtiofs TAG /mnt`) and the vhost-user socket of
+/// the `virtiofsd` that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The mount tag (1–36 bytes of ASCII letters, digits, `-`, `_`, `.`).
+    pub tag: String,
+    /// The socket `virtiofsd --socket-path` listens on.
+    pub socket: PathBuf,
+}
+
+impl FsConfig {
+    /// Parses `TAG=SOCKET_PATH`, the `--fs` flag's value, checking the tag.
+    pub fn parse(text: &str) -> Result<FsConfig, ConfigError> {
+        let (tag, socket) = text
+            .split_once('=')
+            .filter(|(_, socket)| !socket.is_empty())
+            .ok_or_else(|| ConfigError::FsSyntax(text.to_owned()))?;
+        check_fs_tag(tag)?;
+        Ok(FsConfig {
+            tag: tag.to_owned(),
+            socket: socket.into(),
+        })
+    }
+}
+
+/// Checks a virtio-fs mount tag: 1 to [`FS_TAG_MAX_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.`. The spec allows any UTF-8, but the
+/// tag also travels through the host's command lines and the guest's
+/// `mount`, where these characters need no quoting.
+pub fn check_fs_tag(tag: &str) -> Result<(), ConfigError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if tag.is_empty() || tag.len() > FS_TAG_MAX_LEN || !tag.bytes().all(allowed) {
+        return Err(ConfigError::FsTag(tag.to_owned()));
+    }
+    Ok(())
 }
 
 /// Parses a MAC address written as six two-digit hex bytes separated by
@@ -93,6 +132,9 @@ pub struct VmConfig {
     /// A JSON file kept up to date with the memory the balloon has given
     /// back to the host (see `monitor_stats`).
     pub stats_file: Option<PathBuf>,
+    /// Host directories shared through virtio-fs, one device each, in
+    /// order. Any makes guest RAM shared (a memfd) so `virtiofsd` can map it.
+    pub fs: Vec<FsConfig>,
 }
 
 /// A configuration that cannot describe a VM.
@@ -116,6 +158,17 @@ pub enum ConfigError {
     /// An MTU below what IPv4 needs.
     #[error("network MTU must be at least {MIN_MTU}, not {0}")]
     Mtu(u16),
+    /// A `--fs` value that is not `TAG=SOCKET_PATH`.
+    #[error("virtio-fs share {0:?} is not TAG=SOCKET_PATH")]
+    FsSyntax(String),
+    /// A virtio-fs tag that is empty, too long or has other characters.
+    #[error(
+        "virtio-fs tag {0:?} must be 1 to {FS_TAG_MAX_LEN} ASCII letters, digits, '-', '_' or '.'"
+    )]
+    FsTag(String),
+    /// Two virtio-fs shares with the same tag.
+    #[error("virtio-fs tag {0:?} is given twice")]
+    FsTagTwice(String),
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -145,7 +198,23 @@ impl VmConfig {
                 return Err(ConfigError::Mtu(net.mtu));
             }
         }
+        for (index, fs) in self.fs.iter().enumerate() {
+            check_fs_tag(&fs.tag)?;
+            if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
+                return Err(ConfigError::FsTagTwice(fs.tag.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether guest RAM must be shared with other processes: vhost-user
+    /// backends (`virtiofsd`) map it themselves.
+    pub fn ram_sharing(&self) -> RamSharing {
+        if self.fs.is_empty() {
+            RamSharing::Private
+        } else {
+            RamSharing::Shared
+        }
     }
 }
 
@@ -173,7 +242,62 @@ mod tests {
             console: None,
             ram_backing: RamBacking::default(),
             stats_file: None,
+            fs: vec![FsConfig::parse("home=/run/home.sock").unwrap()],
         }
+    }
+
+    #[test]
+    fn fs_share_is_parsed_from_tag_equals_socket() {
+        assert_eq!(
+            FsConfig::parse("my-share_1.x=/run/user/1000/fs=1.sock"),
+            Ok(FsConfig {
+                tag: "my-share_1.x".into(),
+                socket: "/run/user/1000/fs=1.sock".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn fs_share_without_tag_or_socket_is_refused() {
+        for text in ["", "home", "home=", "=/run/home.sock"] {
+            let expected = if text.starts_with('=') {
+                ConfigError::FsTag(String::new())
+            } else {
+                ConfigError::FsSyntax(text.to_owned())
+            };
+            assert_eq!(FsConfig::parse(text), Err(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn fs_tags_are_1_to_36_safe_ascii_bytes() {
+        let longest = "a".repeat(36);
+        assert_eq!(check_fs_tag(&longest), Ok(()));
+        assert_eq!(check_fs_tag("A-z_0.9"), Ok(()));
+        for bad in [
+            "",
+            &"a".repeat(37),
+            "has space",
+            "slash/",
+            "ümlaut",
+            "semi;colon",
+            "nul\0",
+        ] {
+            let error = check_fs_tag(bad).unwrap_err();
+            assert_eq!(error, ConfigError::FsTag(bad.to_owned()));
+            assert!(error.to_string().contains("1 to 36"), "{error}");
+        }
+    }
+
+    #[test]
+    fn duplicate_fs_tags_are_refused_and_any_share_makes_ram_shared() {
+        let mut c = config();
+        assert_eq!(c.ram_sharing(), RamSharing::Shared);
+        c.fs.push(FsConfig::parse("home=/run/other.sock").unwrap());
+
+        assert_eq!(c.validate(), Err(ConfigError::FsTagTwice("home".into())));
+        c.fs.clear();
+        assert_eq!(c.ram_sharing(), RamSharing::Private);
     }
 
     #[test]

@@ -36,6 +36,14 @@
 //!   serving `PATH` (`passt --socket PATH`; QEMU's stream framing); the VMM
 //!   connects at start. `--mac xx:xx:xx:xx:xx:xx` (default
 //!   `52:54:00:12:34:56`) and `--net-mtu N` (default 65520) go with it.
+//! - `--fs TAG=SOCKET_PATH` (repeatable): a virtio-fs device the guest
+//!   mounts with `mount -t virtiofs TAG /mnt`, served by the `virtiofsd`
+//!   listening on `SOCKET_PATH` (`virtiofsd --socket-path SOCKET_PATH
+//!   --shared-dir DIR`), which must be running: the VMM connects at start.
+//!   `TAG` is 1–36 ASCII letters, digits, `-`, `_` or `.`. Guest RAM then
+//!   becomes a shared memfd (with `--hugepages`, a hugetlbfs memfd) so the
+//!   daemon can map it. If a daemon dies the VMM logs it and keeps running;
+//!   the guest's requests on that share are no longer answered.
 //!
 //! Exit status: 0 when the guest powered off or reset (a reset ends the
 //! VMM, like QEMU's `-no-reboot`; stderr says which), or when stopped by
@@ -51,7 +59,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use vmm::boot::BootSource;
-use vmm::config::{parse_mac, NetConfig, VmConfig, VsockConfig};
+use vmm::config::{parse_mac, FsConfig, NetConfig, VmConfig, VsockConfig};
 use vmm::vm::guest_ram::RamBacking;
 use vmm::vm::Vm;
 use vmm::vm_exit::ExitReason;
@@ -115,6 +123,9 @@ struct Args {
     /// The guest's (largest) MTU.
     #[arg(long, requires = "net_socket")]
     net_mtu: Option<u16>,
+    /// A virtio-fs share, TAG=SOCKET_PATH of its virtiofsd (repeatable).
+    #[arg(long = "fs", value_name = "TAG=SOCKET_PATH", value_parser = parse_fs_arg)]
+    fs: Vec<FsConfig>,
     /// Print the full cause chain on errors.
     #[arg(short, long)]
     verbose: bool,
@@ -158,8 +169,14 @@ impl Args {
                 RamBacking::TransparentHugePages
             },
             stats_file: self.stats_file,
+            fs: self.fs,
         }
     }
+}
+
+/// `--fs`'s parser; clap prints the error as the one line.
+fn parse_fs_arg(text: &str) -> Result<FsConfig, String> {
+    FsConfig::parse(text).map_err(|e| e.to_string())
 }
 
 /// `--mac`'s parser; clap prints the error as the one line.

@@ -81,6 +81,7 @@ fn linux_finds_acpi_and_serial_then_reboots_on_panic() {
         console: Some(console.clone()),
         ram_backing: Default::default(),
         stats_file: None,
+        fs: Vec::new(),
     };
     let vm = Vm::new(config).unwrap();
     let handle = vm.handle();

@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use thiserror::Error;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::dsdt::{MmioDeviceInfo, PortDeviceInfo};
 use crate::acpi::AcpiPlatform;
 use crate::arch::layout::{IRQ_MAX, SERIAL_IRQ, VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
-use crate::config::VmConfig;
+use crate::config::{FsConfig, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORTS, SLEEP_CONTROL_PORT};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORTS};
@@ -32,14 +31,16 @@ use crate::devices::legacy::{EventFdTrigger, ExitTrigger};
 use crate::devices::virtio::balloon::discard::Discard;
 use crate::devices::virtio::balloon::BalloonDevice;
 use crate::devices::virtio::block::{BlockConfig, BlockDevice, BlockError};
+use crate::devices::virtio::fs::{FsDevice, FsError};
 use crate::devices::virtio::mmio::{
-    MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+    lock_device, MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use crate::devices::virtio::net::{NetDevice, NetError};
 use crate::devices::virtio::rng::RngDevice;
 use crate::devices::virtio::vsock::{DeviceError as VsockError, VsockDevice};
-use crate::devices::virtio::EventDrivenDevice;
+use crate::devices::virtio::{EventDrivenDevice, VirtioDevice};
 use crate::event_loop::IrqLine;
+use crate::vm::guest_ram::GuestRam;
 use crate::vm_exit::{ExitReason, ExitSignal};
 
 /// A subscriber of the VM's event loop.
@@ -72,6 +73,15 @@ pub enum DeviceSetupError {
     /// Creating the network device.
     #[error("cannot create the virtio-net device")]
     Net(#[source] NetError),
+    /// Creating a virtio-fs device.
+    #[error("cannot create the virtio-fs device for tag {tag:?}")]
+    Fs {
+        /// The share's tag.
+        tag: String,
+        /// What failed.
+        #[source]
+        source: FsError,
+    },
     /// Creating a virtio-mmio transport.
     #[error("cannot create the virtio-mmio transport")]
     Transport(#[source] MmioError),
@@ -94,7 +104,7 @@ pub struct Devices {
     pub memory_returned: Option<Arc<AtomicU64>>,
 }
 
-impl<D: EventDrivenDevice + Send> BusDevice for MmioTransport<D> {
+impl<D: VirtioDevice + Send> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         MmioTransport::read(self, offset, data);
     }
@@ -126,7 +136,7 @@ fn connect_irq(
 struct Builder<'a> {
     vm: &'a Arc<VmFd>,
     irqchip: bool,
-    mem: &'a GuestMemoryMmap,
+    ram: &'a GuestRam,
     devices: Devices,
 }
 
@@ -147,14 +157,51 @@ impl Builder<'_> {
         &mut self,
         device: D,
     ) -> Result<(), DeviceSetupError> {
+        let transport = MmioTransport::new((**self.ram).clone(), Arc::new(Mutex::new(device)))
+            .map_err(DeviceSetupError::Transport)?;
+        let handler = transport
+            .event_handler()
+            .map_err(DeviceSetupError::Transport)?;
+        self.place_virtio(transport, Arc::new(Mutex::new(handler)))
+    }
+
+    /// A virtio-fs device served by the `virtiofsd` of `share`: its queue
+    /// notifications go straight to the daemon (the device's kick eventfds
+    /// are the transport's), and its own handler relays the daemon's
+    /// signals to the guest.
+    fn add_vhost_user_fs(&mut self, share: &FsConfig) -> Result<(), DeviceSetupError> {
+        let fs_error = |source| DeviceSetupError::Fs {
+            tag: share.tag.clone(),
+            source,
+        };
+        let device = FsDevice::new(share, self.ram.clone()).map_err(fs_error)?;
+        let kicks = device.kick_events().map_err(fs_error)?;
+        let transport = MmioTransport::with_queue_events(
+            (**self.ram).clone(),
+            Arc::new(Mutex::new(device)),
+            kicks,
+        )
+        .map_err(DeviceSetupError::Transport)?;
+        let handler = lock_device(transport.device())
+            .event_handler(Arc::clone(transport.interrupt()))
+            .map_err(fs_error)?;
+        self.place_virtio(transport, Arc::new(Mutex::new(handler)))
+    }
+
+    /// Gives `transport` the next virtio-mmio window and GSI, wires its
+    /// queue notifications and interrupt into KVM, puts `handler` on the
+    /// event loop and describes the device in the DSDT.
+    fn place_virtio<D: VirtioDevice + Send + 'static>(
+        &mut self,
+        transport: MmioTransport<D>,
+        handler: Subscriber,
+    ) -> Result<(), DeviceSetupError> {
         let index = self.devices.acpi.virtio.len() as u64;
         let gsi = VIRTIO_IRQ_BASE + index as u32;
         if gsi > IRQ_MAX {
             return Err(DeviceSetupError::OutOfIrqs);
         }
         let base = VIRTIO_MMIO_START + index * MMIO_WINDOW_SIZE;
-        let transport = MmioTransport::new(self.mem.clone(), Arc::new(Mutex::new(device)))
-            .map_err(DeviceSetupError::Transport)?;
         for (queue, event) in transport.queue_events().iter().enumerate() {
             let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
             if let Err(e) = self.vm.register_ioevent(event, &addr, queue as u32) {
@@ -173,10 +220,7 @@ impl Builder<'_> {
             gsi,
             &mut self.devices.subscribers,
         );
-        let handler = transport
-            .event_handler()
-            .map_err(DeviceSetupError::Transport)?;
-        self.devices.subscribers.push(Arc::new(Mutex::new(handler)));
+        self.devices.subscribers.push(handler);
         self.devices
             .mmio
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
@@ -206,20 +250,21 @@ fn console_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, DeviceSetu
 }
 
 /// Creates every device `config` asks for. Virtio windows are handed out in
-/// a fixed order — data disk, vsock, rng, network, balloon — and the data
-/// disk comes first so it is `/dev/vda` (virtio-mmio devices probe in DSDT
-/// order).
+/// a fixed order — data disk, vsock, rng, network, balloon, then one
+/// virtio-fs device per share — and the data disk comes first so it is
+/// `/dev/vda` (virtio-mmio devices probe in DSDT order). Guest RAM must be
+/// shared memory when `config` has shares ([`VmConfig::ram_sharing`]).
 pub fn create_devices(
     vm: &Arc<VmFd>,
     irqchip: bool,
-    mem: &GuestMemoryMmap,
+    ram: &GuestRam,
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
 ) -> Result<Devices, DeviceSetupError> {
     let mut builder = Builder {
         vm,
         irqchip,
-        mem,
+        ram,
         devices: Devices {
             pio: Bus::new(),
             mmio: Bus::new(),
@@ -273,9 +318,12 @@ pub fn create_devices(
         builder.add_virtio(device)?;
     }
     if config.balloon {
-        let balloon = BalloonDevice::new(Discard::for_backing(config.ram_backing));
+        let balloon = BalloonDevice::new(Discard::for_backing(config.ram_backing, ram.sharing()));
         builder.devices.memory_returned = Some(balloon.returned_counter());
         builder.add_virtio(balloon)?;
+    }
+    for share in &config.fs {
+        builder.add_vhost_user_fs(share)?;
     }
     Ok(builder.devices)
 }
@@ -308,6 +356,7 @@ mod tests {
             console: Some(console),
             ram_backing: Default::default(),
             stats_file: None,
+            fs: Vec::new(),
         }
     }
 
@@ -321,7 +370,11 @@ mod tests {
             }
         };
         let dir = tempfile::tempdir().unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let mem = GuestRam::new(
+            &[(GuestAddress(0), 64 << 20)],
+            crate::vm::guest_ram::RamBacking::TransparentHugePages,
+        )
+        .unwrap();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let console = dir.path().join("console.log");
 

@@ -23,6 +23,7 @@
 //!     console: Some("console.log".into()),
 //!     ram_backing: Default::default(),
 //!     stats_file: None,
+//!     fs: Vec::new(),
 //! };
 //! let reason = Vm::new(config)?.run()?;
 //! println!("guest ended: {reason:?}");
@@ -182,9 +183,10 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         let vm = Arc::new(kvm.create_vm().map_err(VmError::Kvm)?);
         let mem_size = config.memory_mib << 20;
-        let memory = GuestRam::new(
+        let memory = GuestRam::with_sharing(
             &ram_ranges(mem_size).map_err(VmError::Layout)?,
             config.ram_backing,
+            config.ram_sharing(),
         )
         .map_err(VmError::Memory)?;
         register_memory(&vm, &memory)?;

@@ -88,6 +88,7 @@ pub fn probe_config(
         console: Some(dir.join("console.log")),
         ram_backing: Default::default(),
         stats_file: None,
+        fs: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -18,7 +18,7 @@
 use std::io;
 
 use super::request::HostRange;
-use crate::vm::guest_ram::RamBacking;
+use crate::vm::guest_ram::{RamBacking, RamSharing};
 
 /// How the host drops the pages behind a range of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +48,13 @@ pub struct DiscardError {
 }
 
 impl Discard {
-    /// The method that fits guest RAM mapped with `backing`.
-    pub fn for_backing(backing: RamBacking) -> Discard {
-        match backing {
-            RamBacking::TransparentHugePages => Discard::Private,
-            RamBacking::HugeTlb => Discard::Keep,
+    /// The method that fits guest RAM mapped with `backing`, private or
+    /// shared (a memfd, when a vhost-user backend maps it too).
+    pub fn for_backing(backing: RamBacking, sharing: RamSharing) -> Discard {
+        match (backing, sharing) {
+            (RamBacking::TransparentHugePages, RamSharing::Private) => Discard::Private,
+            (RamBacking::TransparentHugePages, RamSharing::Shared) => Discard::Shared,
+            (RamBacking::HugeTlb, _) => Discard::Keep,
         }
     }
 
@@ -233,10 +235,67 @@ mod tests {
     #[test]
     fn each_backing_gets_its_method() {
         assert_eq!(
-            Discard::for_backing(RamBacking::TransparentHugePages),
+            Discard::for_backing(RamBacking::TransparentHugePages, RamSharing::Private),
             Discard::Private
         );
-        assert_eq!(Discard::for_backing(RamBacking::HugeTlb), Discard::Keep);
+        assert_eq!(
+            Discard::for_backing(RamBacking::TransparentHugePages, RamSharing::Shared),
+            Discard::Shared
+        );
+        assert_eq!(
+            Discard::for_backing(RamBacking::HugeTlb, RamSharing::Private),
+            Discard::Keep
+        );
+        assert_eq!(
+            Discard::for_backing(RamBacking::HugeTlb, RamSharing::Shared),
+            Discard::Keep
+        );
+    }
+
+    #[test]
+    fn discarding_shared_guest_ram_frees_the_memfd_blocks() {
+        use std::os::fd::BorrowedFd;
+
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+        use crate::vm::guest_ram::GuestRam;
+
+        fn allocated(file: BorrowedFd<'_>) -> u64 {
+            let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: `stat` is a valid out-pointer for fstat.
+            let rc = unsafe { libc::fstat(file.as_raw_fd(), stat.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            // SAFETY: fstat succeeded and filled it.
+            unsafe { stat.assume_init() }.st_blocks as u64 * 512
+        }
+        let ram = GuestRam::with_sharing(
+            &[(GuestAddress(0), 8 * MIB)],
+            RamBacking::TransparentHugePages,
+            RamSharing::Shared,
+        )
+        .unwrap();
+        ram.write_slice(&vec![0xa5u8; 8 * MIB], GuestAddress(0))
+            .unwrap();
+        let file = ram.shared_file().unwrap();
+        let before = allocated(file);
+        let host = ram.get_host_address(GuestAddress(2 * MIB as u64)).unwrap() as usize;
+        let discard = Discard::for_backing(RamBacking::TransparentHugePages, ram.sharing());
+
+        let freed = discard
+            .discard(&[HostRange {
+                addr: host,
+                len: 4 * MIB,
+            }])
+            .unwrap();
+
+        assert_eq!(before, 8 * MIB as u64);
+        assert_eq!(freed, 4 * MIB as u64);
+        assert_eq!(allocated(file), 4 * MIB as u64);
+        assert_eq!(ram.read_obj::<u8>(GuestAddress(2 * MIB as u64)).unwrap(), 0);
+        assert_eq!(
+            ram.read_obj::<u8>(GuestAddress(6 * MIB as u64)).unwrap(),
+            0xa5
+        );
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub enum MmioError {
     /// The interrupt line could not be created.
     #[error("cannot create the interrupt line")]
     Interrupt(#[source] InterruptError),
+    /// The device supplied a notification eventfd count that differs from
+    /// its queue count.
+    #[error("the device has {queues} queues but supplied {events} notification eventfds")]
+    QueueEventCount {
+        /// Queues the device has.
+        queues: usize,
+        /// Eventfds it supplied.
+        events: usize,
+    },
 }
 
 /// One virtio device behind the virtio-mmio version 2 register interface.
@@ -57,6 +66,26 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// Puts `device` behind a transport for a guest with memory `mem`.
     /// The device must be freshly created or reset.
     pub fn new(mem: GuestMemoryMmap, device: Arc<Mutex<D>>) -> Result<Self, MmioError> {
+        Self::build(mem, device, None)
+    }
+
+    /// Like [`MmioTransport::new`], with queue notification eventfds the
+    /// device supplies (one per queue, in order) instead of new ones: for a
+    /// device whose queues another process serves (vhost-user), which waits
+    /// on these eventfds itself.
+    pub fn with_queue_events(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<D>>,
+        queue_events: Vec<EventFd>,
+    ) -> Result<Self, MmioError> {
+        Self::build(mem, device, Some(queue_events))
+    }
+
+    fn build(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<D>>,
+        supplied_events: Option<Vec<EventFd>>,
+    ) -> Result<Self, MmioError> {
         let (device_type, avail_features, max_sizes) = {
             let device = lock_device(&device);
             (
@@ -72,8 +101,19 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return Err(MmioError::QueueMaxSize(index, max_size));
             }
             queues.push(QueueRegisters::new(max_size));
-            queue_events
-                .push(EventFd::new(EFD_NONBLOCK).map_err(|e| MmioError::QueueEvent(index, e))?);
+            if supplied_events.is_none() {
+                queue_events
+                    .push(EventFd::new(EFD_NONBLOCK).map_err(|e| MmioError::QueueEvent(index, e))?);
+            }
+        }
+        if let Some(events) = supplied_events {
+            if events.len() != queues.len() {
+                return Err(MmioError::QueueEventCount {
+                    queues: queues.len(),
+                    events: events.len(),
+                });
+            }
+            queue_events = events;
         }
         let interrupt = Arc::new(InterruptLine::new().map_err(MmioError::Interrupt)?);
         Ok(Self {
