@@ -647,3 +647,62 @@ fn runner_with_a_share_boots_and_exits_cleanly() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn each_share_gets_a_virtio_window_a_gsi_and_a_dsdt_entry() {
+    use vmm::acpi::dsdt::dsdt_aml;
+    use vmm::vm::devices::create_devices;
+    use vmm::vm_exit::ExitSignal;
+
+    let test = "each_share_gets_a_virtio_window_a_gsi_and_a_dsdt_entry";
+    let vm = match kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm()) {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            println!("SKIPPED {test}: no usable /dev/kvm ({e})");
+            return;
+        }
+    };
+    let Some(binary) = virtiofsd_or_skip(test) else {
+        return;
+    };
+    let first = Daemon::start(&binary, "none").expect("virtiofsd did not start");
+    let second = Daemon::start(&binary, "none").expect("virtiofsd did not start");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = probe_guest::probe_config(dir.path(), "/k".into(), None, "");
+    config.fs = vec![
+        FsConfig::parse(&format!("one={}", first.socket.display())).unwrap(),
+        FsConfig::parse(&format!("two={}", second.socket.display())).unwrap(),
+    ];
+    let ram = GuestRam::with_sharing(
+        &[(GuestAddress(0), (config.memory_mib as usize) << 20)],
+        config.ram_backing,
+        config.ram_sharing(),
+    )
+    .unwrap();
+    let exit = Arc::new(ExitSignal::new().unwrap());
+
+    let devices = create_devices(&vm, false, &ram, &config, &exit).unwrap();
+
+    assert_eq!(devices.acpi.virtio.len(), 2);
+    let (a, b) = (devices.acpi.virtio[0], devices.acpi.virtio[1]);
+    assert_ne!(a.base, b.base);
+    assert_ne!(a.irq, b.irq);
+    for (info, tag) in [(a, b"one\0"), (b, b"two\0")] {
+        let mut id = [0u8; 4];
+        assert!(devices.mmio.read(info.base + REG_DEVICE_ID, &mut id));
+        assert_eq!(u32::from_le_bytes(id), VIRTIO_ID_FS);
+        let mut config_tag = [0u8; 4];
+        assert!(devices
+            .mmio
+            .read(info.base + CONFIG_SPACE_OFFSET, &mut config_tag));
+        assert_eq!(&config_tag, tag);
+    }
+    let aml = dsdt_aml(&devices.acpi.serial, &devices.acpi.virtio);
+    for name in [b"V000", b"V001"] {
+        assert!(
+            aml.windows(4).any(|w| w == name),
+            "{} missing from the DSDT",
+            String::from_utf8_lossy(name)
+        );
+    }
+}
