@@ -18,7 +18,9 @@
 //!   event loop; [`vm`]: putting it all together;
 //! - [`monitor_stats`]: the `--stats-file` the host reads (memory returned).
 //!
-//! The vsock device is also served to QEMU through [`vhost_user`].
+//! The vsock device is also served to QEMU through [`vhost_user`]. The
+//! other way round, [`devices::virtio::fs`] is a vhost-user frontend: an
+//! external `virtiofsd` serves the virtio-fs queues (`--fs TAG=SOCKET_PATH`).
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("the vmm crate supports x86_64 hosts only");
