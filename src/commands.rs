@@ -64,7 +64,13 @@ impl Session {
             )
             .into());
         }
-        if let Err(e) = install::install(&self.addr, plan, tarball, user).await {
+        let home_share = config
+            .share_home
+            .then(|| std::env::var_os("HOME").map(std::path::PathBuf::from))
+            .flatten();
+        if let Err(e) =
+            install::install(&self.addr, plan, tarball, user, home_share.as_deref()).await
+        {
             return match self.stop_reason(true).await {
                 Some(reason) => {
                     Err(format!("the install of {} did not finish: {reason}", plan.name).into())
@@ -308,6 +314,7 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             cpu_max,
             pids_max,
             network,
+            mounts,
         } => {
             let distros = session.distros().await?;
             let Some(current) = distros.iter().find(|d| d.name == name) else {
@@ -334,6 +341,9 @@ pub async fn run(cli: Cli) -> Result<i32, AnyError> {
             }
             if let Some(network) = network {
                 settings.network = network;
+            }
+            if let Some(mounts) = mounts {
+                settings.mounts = mounts;
             }
             session
                 .request(Request::Configure {
@@ -412,6 +422,9 @@ pub(crate) fn when_settings_apply(
     }
     if old.network != new.network {
         at_start.push("--network");
+    }
+    if old.mounts != new.mounts {
+        at_start.push("--mounts");
     }
     if !at_start.is_empty() {
         lines.push(format!(

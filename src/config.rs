@@ -107,6 +107,13 @@ pub struct Config {
     pub port_forwarding: bool,
     /// Per-port exceptions (`[[port_forward]]` entries), first match wins.
     pub port_forward: Vec<crate::net::port_rules::PortRule>,
+    /// Share the user's home directory with every distro, at the same path.
+    pub share_home: bool,
+    /// More host directories shared with every distro (`[[mount]]` entries).
+    pub mount: Vec<crate::vm::shares::MountEntry>,
+    /// The virtio-fs daemon that serves shares (default: found on `PATH`,
+    /// in `~/.cargo/bin` or where distributions install it).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 /// The most guest memory a default config asks for. As in WSL2 the VM gets
@@ -143,6 +150,9 @@ impl Default for Config {
             default_distro: None,
             port_forwarding: true,
             port_forward: Vec::new(),
+            share_home: true,
+            mount: Vec::new(),
+            virtiofsd: None,
         }
     }
 }
@@ -209,6 +219,15 @@ impl Config {
                     "kernel = \"{}\": {}; use the path of a kernel image (bzImage or vmlinux)",
                     kernel.display(),
                     missing_or_kind(kernel)
+                ));
+            }
+        }
+        if let Some(virtiofsd) = &self.virtiofsd {
+            if !virtiofsd.is_file() {
+                return Err(format!(
+                    "virtiofsd = \"{}\": {}; use the path of the virtiofsd program (cargo install virtiofsd)",
+                    virtiofsd.display(),
+                    missing_or_kind(virtiofsd)
                 ));
             }
         }
@@ -341,6 +360,15 @@ const KEYS: &[(&str, &str)] = &[
     ("default_distro", "a distro name, as a string"),
     ("port_forwarding", "true or false"),
     ("port_forward", "[[port_forward]] entries"),
+    ("share_home", "true or false"),
+    (
+        "mount",
+        "[[mount]] entries with host, and optionally guest and read_only",
+    ),
+    (
+        "virtiofsd",
+        "the path of the virtiofsd program, as a string",
+    ),
 ];
 
 /// Smallest data disk worth formatting (ext4 with its journal, and room
@@ -361,7 +389,9 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
     let config = match Config::deserialize(toml::Value::Table(one)) {
         Ok(config) => config,
         // Entries are checked field by field; their own message names it.
-        Err(e) if key == "port_forward" => return Err(format!("port_forward: {}", e.message())),
+        Err(e) if (key == "port_forward" || key == "mount") && value.is_array() => {
+            return Err(format!("{key}: {}", e.message()))
+        }
         Err(_) => return Err(format!("{key} = {}: use {allowed}", shown(value))),
     };
     let too_small = match key {
@@ -599,6 +629,46 @@ mod tests {
             assert!(err.contains(allowed), "{text}: {err}");
             assert_eq!(err.lines().count(), 1, "{text}: {err}");
             assert!(!err.contains("untagged enum"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn mount_entries_and_share_home_are_read_and_each_mistake_is_one_line() {
+        let config = Config::parse(
+            "share_home = false\n[[mount]]\nhost = \"/srv\"\n[[mount]]\nhost = \"/opt/x\"\nguest = \"/x\"\nread_only = true\n",
+        )
+        .unwrap();
+
+        assert!(!config.share_home);
+        assert!(Config::default().share_home);
+        assert_eq!(config.mount.len(), 2);
+        assert_eq!(config.mount[0].guest, "/srv");
+        assert!(!config.mount[0].read_only);
+        assert_eq!(config.mount[1].guest, "/x");
+        assert!(config.mount[1].read_only);
+        let cases = [
+            ("share_home = \"yes\"", "true or false"),
+            ("[[mount]]\nguest = \"/x\"", "missing field `host`"),
+            ("[[mount]]\nhost = \"srv\"", "not an absolute path"),
+            (
+                "[[mount]]\nhost = \"/srv\"\nguest = \"/proc\"",
+                "would hide",
+            ),
+            (
+                "[[mount]]\nhost = \"/srv\"\nguest = \"x/../y\"",
+                "without `..`",
+            ),
+            (
+                "[[mount]]\nhost = \"/srv\"\nreadonly = true",
+                "unknown field `readonly`",
+            ),
+            ("mount = 1", "[[mount]] entries"),
+        ];
+        for (text, wanted) in cases {
+            let err = Config::parse(text).unwrap_err();
+
+            assert!(err.contains(wanted), "{text}: {err}");
+            assert_eq!(err.lines().count(), 1, "{text}: {err}");
         }
     }
 

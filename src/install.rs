@@ -98,12 +98,14 @@ pub async fn fetch_url(url: &str, sha256: Option<String>) -> Result<RootfsTarbal
 }
 
 /// Imports the fetched tarball as `plan.name` and sets up `user` (none:
-/// the distro keeps root as its default user).
+/// the distro keeps root as its default user). `home_share` is the host
+/// home directory shared with distros at the same path, if it is.
 pub async fn install(
     agent: &AgentAddr,
     plan: &Plan,
     tarball: &RootfsTarball,
     user: Option<&str>,
+    home_share: Option<&std::path::Path>,
 ) -> Result<(), AnyError> {
     let bytes = transfer::import(
         agent,
@@ -122,7 +124,14 @@ pub async fn install(
         return Ok(());
     };
     eprintln!("Creating user {user} in {}", plan.name);
-    let script = setup_script(plan.release.user_setup(), user)?;
+    let home = user_home(user, home_share);
+    if home != format!("/home/{user}") {
+        eprintln!(
+            "Your home directory is shared at /home/{user}; {user}'s own home in {} is {home}",
+            plan.name
+        );
+    }
+    let script = setup_script(plan.release.user_setup(), user, &home)?;
     let req = ExecRequest {
         distro: plan.name.clone(),
         argv: vec!["/bin/sh".into(), "-c".into(), script],
@@ -156,6 +165,19 @@ pub async fn install(
     )
     .await?;
     Ok(())
+}
+
+/// The home directory of the distro's default user `user`: `/home/USER`,
+/// unless the host home shared with distros (`home_share`) is that very
+/// path; then, as Lima does, `/home/USER.linux`, so the distro's own
+/// dotfiles and the host's never hide each other. The host home stays at
+/// its usual path, where host paths work unchanged.
+pub fn user_home(user: &str, home_share: Option<&std::path::Path>) -> String {
+    let usual = format!("/home/{user}");
+    match home_share {
+        Some(shared) if shared == std::path::Path::new(&usual) => format!("{usual}.linux"),
+        _ => usual,
+    }
 }
 
 /// The host user's name, which the distro's default user is named after;
@@ -192,11 +214,12 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
 /// The root shell script that prepares the distro and creates `user`:
 /// the distro's own preparation, the account (if missing), sudo (installed
 /// when the base lacks it and the network allows) and a sudoers rule.
-fn setup_script(setup: &UserSetup, user: &str) -> Result<String, String> {
+fn setup_script(setup: &UserSetup, user: &str, home: &str) -> Result<String, String> {
     check_user_name(user)?;
     let add_user = setup
         .add_user
         .replace("{user}", user)
+        .replace("{home}", home)
         .replace("{group}", &setup.admin_group)
         .replace("{shell}", &setup.login_shell);
     let mut script = String::from("set -e\nexec 2>&1\n");
@@ -281,24 +304,49 @@ mod tests {
         let catalog = Catalog::builtin();
         let setup = catalog.resolve("alpine").unwrap().user_setup();
 
-        let script = setup_script(setup, "alice").unwrap();
+        let script = setup_script(setup, "alice", "/home/alice.linux").unwrap();
 
         assert!(
-            script.contains("adduser -D -s /bin/sh alice && addgroup alice wheel"),
+            script.contains(
+                "adduser -D -h /home/alice.linux -s /bin/sh alice && addgroup alice wheel"
+            ),
             "{script}"
         );
         assert!(script.contains("apk add --no-cache sudo"), "{script}");
         assert!(
             script.contains("'alice ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/distroctl-alice")
         );
-        assert!(setup_script(setup, "x; rm -rf /").is_err());
+        assert!(setup_script(setup, "x; rm -rf /", "/home/x").is_err());
+    }
+
+    #[test]
+    fn the_users_home_moves_aside_only_when_the_shared_host_home_is_at_its_path() {
+        use std::path::Path;
+
+        assert_eq!(user_home("alice", None), "/home/alice");
+        assert_eq!(
+            user_home("alice", Some(Path::new("/home/bob"))),
+            "/home/alice"
+        );
+        assert_eq!(
+            user_home("alice", Some(Path::new("/srv/alice"))),
+            "/home/alice"
+        );
+        assert_eq!(
+            user_home("alice", Some(Path::new("/home/alice"))),
+            "/home/alice.linux"
+        );
     }
 
     #[test]
     fn setup_script_is_valid_posix_sh() {
         let catalog = Catalog::builtin();
-        let script =
-            setup_script(catalog.resolve("debian").unwrap().user_setup(), "alice").unwrap();
+        let script = setup_script(
+            catalog.resolve("debian").unwrap().user_setup(),
+            "alice",
+            "/home/alice",
+        )
+        .unwrap();
         let out = std::process::Command::new("sh")
             .args(["-n", "-c", &script])
             .output()

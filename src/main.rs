@@ -135,6 +135,10 @@ enum Command {
         /// `isolated` (a network namespace and address of its own).
         #[arg(long, value_name = "MODE", value_parser = parse_network_mode)]
         network: Option<protocol::NetworkMode>,
+        /// `on` (the host directories shared with the VM, such as your
+        /// home, appear in the distro; the default) or `off`.
+        #[arg(long, value_name = "on|off", value_parser = parse_host_mounts)]
+        mounts: Option<protocol::HostMounts>,
     },
     /// Run a command in a distro (starting it if needed).
     #[command(alias = "run")]
@@ -309,6 +313,14 @@ fn parse_network_mode(s: &str) -> Result<protocol::NetworkMode, String> {
         _ => Err(format!(
             "unknown network mode {s:?}: use shared or isolated"
         )),
+    }
+}
+
+fn parse_host_mounts(s: &str) -> Result<protocol::HostMounts, String> {
+    match s {
+        "on" => Ok(protocol::HostMounts::On),
+        "off" => Ok(protocol::HostMounts::Off),
+        _ => Err(format!("unknown value {s:?} for --mounts: use on or off")),
     }
 }
 

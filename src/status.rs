@@ -9,7 +9,7 @@ use protocol::{DistroState, Request, Response};
 
 use crate::agent_client::{self, AgentAddr};
 use crate::config::Config;
-use crate::vm::{accel, control, state};
+use crate::vm::{accel, control, shares, state};
 use crate::AnyError;
 
 /// Prints the VM's state and the distros (asking the agent only when the VM
@@ -38,6 +38,7 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
                     println!("Kernel:   {}", vm.kernel_version);
                     println!("Memory:   {} MiB, {} CPUs", vm.memory_mib, vm.cpus);
                     println!("Console:  {}", vm.console_log.display());
+                    print_shares(vm.shares.iter().map(|s| (&s.share, s.failed.as_deref())));
                     Some(control::agent_addr(&paths))
                 }
                 None => {
@@ -57,6 +58,12 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
                             println!("Backend:  {name} — {}", plan.reason);
                         }
                         Err(why) => println!("Backend:  none — {why}"),
+                    }
+                    let home = std::env::var_os("HOME").map(PathBuf::from);
+                    let plan = shares::plan(config.share_home, home.as_deref(), &config.mount);
+                    print_shares(plan.shares.iter().map(|s| (s, None)));
+                    for line in &plan.skipped {
+                        println!("          {line}");
                     }
                     None
                 }
@@ -92,14 +99,44 @@ pub async fn show(agent_socket: &Option<PathBuf>) -> Result<(), AnyError> {
             .count();
         println!("Distros:  {} installed, {running} running", distros.len());
         for d in distros {
-            let state = match d.state {
+            let mut state = match d.state {
                 DistroState::Running => format!("running, {} processes", d.pids),
                 DistroState::Stopped => "stopped".into(),
             };
+            if d.settings.mounts == protocol::HostMounts::Off {
+                state.push_str(", host shares off");
+            }
             println!("  {:<24} {state}", d.name);
         }
     }
     Ok(())
+}
+
+/// The `Shares:` lines: each host directory, where distros see it, and
+/// why it is not served when it is not.
+fn print_shares<'a>(shares: impl Iterator<Item = (&'a shares::Share, Option<&'a str>)>) {
+    let mut label = "Shares:  ";
+    let mut any = false;
+    for (share, failed) in shares {
+        let mode = if share.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        match failed {
+            None => println!(
+                "{label} {} at {} ({mode})",
+                share.host.display(),
+                share.guest
+            ),
+            Some(why) => println!("{label} {why}"),
+        }
+        label = "         ";
+        any = true;
+    }
+    if !any {
+        println!("Shares:   none (share_home = false and no [[mount]] in config.toml)");
+    }
 }
 
 /// Prints the end of the console log and the runner log.
@@ -164,6 +201,15 @@ pub fn config() -> Result<(), AnyError> {
         None => println!("# default_distro: none yet (the first distro installed becomes it)"),
     }
     println!("port_forwarding = {}", c.port_forwarding);
+    println!("share_home = {}", c.share_home);
+    for m in &c.mount {
+        println!(
+            "[[mount]]\nhost = \"{}\"\nguest = \"{}\"\nread_only = {}",
+            m.host.display(),
+            m.guest,
+            m.read_only
+        );
+    }
     Ok(())
 }
 

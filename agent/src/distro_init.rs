@@ -17,11 +17,17 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, pivot_root, sethostname, Pid};
 use thiserror::Error;
 
+use crate::host_shares::ShareMount;
+
 /// Name PID 1 of a distro shows in `/proc/1/comm`, as in WSL.
 pub const REAPER_COMM: &str = "init";
 
 /// Line the reaper prints on stdout once the distro is set up.
 pub const READY_LINE: &str = "ready";
+
+/// Prefix of a line PID 1 prints before the ready line to tell the agent
+/// something worth a log line (a share it left out, say).
+pub const NOTE_PREFIX: &str = "note: ";
 
 /// Environment variable that makes the agent binary run as a distro's PID 1.
 pub const ROLE_ENV: &str = "DISTROCTL_DISTRO_INIT";
@@ -37,6 +43,9 @@ pub struct DistroInitConfig {
     pub systemd: bool,
     /// Mount cgroup2 at `/sys/fs/cgroup` (the agent made a group for it).
     pub cgroup: bool,
+    /// Host shares to bind at their guest paths.
+    #[serde(default)]
+    pub shares: Vec<ShareMount>,
     /// Contents for the distro's `/etc/resolv.conf` (read by PID 1 itself
     /// from the VM's, not sent by the agent).
     #[serde(skip)]
@@ -194,7 +203,18 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
     )?;
 
     sethostname(&config.name).step(|| "set the host name".into())?;
+    // Copies of the VM's share mounts, taken while they are still in
+    // reach, attached after pivot_root so that each guest path resolves
+    // inside the distro (a symlink there cannot point outside it).
+    let shares = config
+        .shares
+        .iter()
+        .map(|share| Ok((share, clone_mount(&share.source)?)))
+        .collect::<Result<Vec<_>, SetupError>>()?;
     enter_root(root)?;
+    for (share, tree) in shares {
+        attach_share(share, tree)?;
+    }
     if config.systemd && !Path::new("/sbin/init").is_file() {
         // Settings stored before they were checked: say so instead of a
         // distro that dies right after its start.
@@ -207,6 +227,93 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         });
     }
     write_generated_files(config)
+}
+
+/// A detached copy of the mount at `source` (`open_tree` with
+/// `OPEN_TREE_CLONE`), to be attached elsewhere with `move_mount`.
+fn clone_mount(source: &Path) -> Result<std::os::fd::OwnedFd, SetupError> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(source.as_os_str().as_bytes()).step(|| "name a share".into())?;
+    // SAFETY: open_tree reads the NUL-terminated path; the returned
+    // descriptor is new and owned by us.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(SetupError {
+            step: format!("take a copy of the share mount {}", source.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a fresh descriptor from open_tree, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `open_tree` flag: a detached copy of the mount instead of a path.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `move_mount` flag: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Attaches the share mount `tree` at its guest path inside the distro
+/// (called after `pivot_root`). The path is created when missing; a share
+/// is left out, with a note to the agent, where it would hide the
+/// distro's own files (a non-empty directory) or where the path is not a
+/// directory.
+fn attach_share(share: &ShareMount, tree: std::os::fd::OwnedFd) -> Result<(), SetupError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let target = Path::new(&share.guest);
+    let note = |why: &str| {
+        println!(
+            "{NOTE_PREFIX}host share not mounted at {}: {why}",
+            share.guest
+        );
+        Ok(())
+    };
+    match fs::metadata(target) {
+        Ok(meta) if !meta.is_dir() => return note("it is not a directory in the distro"),
+        Ok(_) => {
+            let empty = fs::read_dir(target)
+                .map(|mut entries| entries.next().is_none())
+                .unwrap_or(false);
+            if !empty {
+                return note("the distro has its own files there (move them, or give the share another guest path)");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Err(e) = fs::create_dir_all(target) {
+                return note(&format!("cannot create it: {e}"));
+            }
+        }
+        Err(e) => return note(&e.to_string()),
+    }
+    let path = CString::new(target.as_os_str().as_bytes()).step(|| "name a share".into())?;
+    let empty = CString::default();
+    // SAFETY: move_mount reads two NUL-terminated strings and uses the
+    // open_tree descriptor, all alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return note(&format!(
+            "cannot mount it: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Makes sure `root/name` is a directory, not a symlink: creates it when

@@ -10,6 +10,7 @@ pub mod device_filter;
 pub mod distro_init;
 pub mod distro_root;
 pub mod exec;
+pub mod host_shares;
 pub mod isolated_net;
 pub mod lifecycle;
 pub mod memory_trim;

@@ -19,8 +19,9 @@ use tokio::sync::{watch, Mutex};
 
 use crate::adoption::RunningRecord;
 use crate::cgroup::{Cgroups, DistroCgroup};
-use crate::distro_init::{DistroInitConfig, READY_LINE, REAPER_COMM, ROLE_ENV};
+use crate::distro_init::{DistroInitConfig, NOTE_PREFIX, READY_LINE, REAPER_COMM, ROLE_ENV};
 use crate::distro_root::{off_runtime, DistroRoot};
+use crate::host_shares::ShareMount;
 use crate::isolated_net::IsolatedNetworks;
 use crate::namespaces::spawn_as_pid1;
 use crate::settings_check::{check_against_root, SettingsError};
@@ -102,6 +103,24 @@ pub fn store_error_response(e: &StoreError) -> Response {
 
 /// Waits for a distro's PID 1 that was killed because its start failed,
 /// and removes its cgroup.
+/// Reads a starting distro's PID 1 output up to its first line that is not
+/// a note (the ready line, or the start of an error), logging the notes.
+async fn read_ready_line(
+    name: &str,
+    stdout: tokio::process::ChildStdout,
+    line: &mut String,
+) -> io::Result<usize> {
+    let mut reader = BufReader::new(stdout);
+    loop {
+        line.clear();
+        let n = reader.read_line(line).await?;
+        match line.strip_prefix(NOTE_PREFIX) {
+            Some(note) if n > 0 => tracing::warn!(distro = name, "{}", note.trim_end()),
+            _ => return Ok(n),
+        }
+    }
+}
+
 async fn reap_failed_start(
     child: &mut tokio::process::Child,
     cgroup: Option<&DistroCgroup>,
@@ -162,6 +181,7 @@ pub struct Distros {
     importing: Arc<std::sync::Mutex<HashSet<String>>>,
     agent_exe: PathBuf,
     networks: Arc<IsolatedNetworks>,
+    host_shares: std::sync::Mutex<Vec<ShareMount>>,
 }
 
 /// A name held by an import in progress; released on drop.
@@ -191,7 +211,14 @@ impl Distros {
             importing: Arc::default(),
             agent_exe,
             networks: Arc::default(),
+            host_shares: std::sync::Mutex::default(),
         })
+    }
+
+    /// The host shares mounted in the VM, bound into every distro that
+    /// starts from now on (unless its mounts are off).
+    pub fn set_host_shares(&self, shares: Vec<ShareMount>) {
+        *self.host_shares.lock().unwrap_or_else(|p| p.into_inner()) = shares;
     }
 
     /// The running instance of `name`, if any.
@@ -240,6 +267,14 @@ impl Distros {
             rootfs: rootfs.clone(),
             systemd: settings.systemd,
             cgroup: cgroup.is_some(),
+            shares: match settings.mounts {
+                protocol::HostMounts::On => self
+                    .host_shares
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                protocol::HostMounts::Off => Vec::new(),
+            },
             resolv_conf: String::new(),
         })
         .expect("settings serialise");
@@ -328,7 +363,7 @@ impl Distros {
         let mut stderr = child.stderr.take().expect("piped");
         let mut line = String::new();
         let ready =
-            tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+            tokio::time::timeout(START_TIMEOUT, read_ready_line(name, stdout, &mut line)).await;
         if !matches!(ready, Ok(Ok(_)) if line.trim_end() == READY_LINE) {
             let _ = kill(Pid::from_raw(pid1), Signal::SIGKILL);
             let mut message = String::new();

@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let cgroups = agent::cgroup::Cgroups::detect(&cli.cgroup_root);
     let exe = std::env::current_exe()?;
     let distros = Distros::new(store, cgroups, exe);
+    distros.set_host_shares(agent::host_shares::mount_all());
     distros.adopt_running().await;
     let agent = Agent::new(distros);
     agent.serve(&cli.listen).await?;

@@ -14,8 +14,8 @@ pub mod message;
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
 pub use message::{
     AgentError, Compression, DistroInfo, DistroSettings, DistroState, DistroStats, ErrorKind,
-    ExecRequest, GuestMemory, Hello, Limits, Listener, NetworkMode, PortChange, Request, Response,
-    TtyRequest, WallClock, HELLO_MAGIC, PROTOCOL_VERSION,
+    ExecRequest, GuestMemory, Hello, HostMounts, Limits, Listener, NetworkMode, PortChange,
+    Request, Response, TtyRequest, WallClock, HELLO_MAGIC, PROTOCOL_VERSION,
 };
 
 /// vsock port the agent listens on inside the utility VM.

@@ -128,6 +128,28 @@ pub struct DistroSettings {
     /// Whose network the distro uses.
     #[serde(default, skip_serializing_if = "NetworkMode::is_shared")]
     pub network: NetworkMode,
+    /// Whether the host directories shared with the VM (the user's home,
+    /// `[[mount]]` entries) appear in this distro.
+    #[serde(default, skip_serializing_if = "HostMounts::is_on")]
+    pub mounts: HostMounts,
+}
+
+/// Whether a distro sees the host directories shared with the VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMounts {
+    /// Every share at its guest path (the default).
+    #[default]
+    On,
+    /// None: the distro sees only its own files.
+    Off,
+}
+
+impl HostMounts {
+    /// True for the default, on.
+    pub fn is_on(&self) -> bool {
+        *self == HostMounts::On
+    }
 }
 
 /// A distro's network.

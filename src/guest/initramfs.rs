@@ -380,6 +380,8 @@ mod tests {
             ("nf_nat", &["nf_conntrack"]),
             ("nft_chain_nat", &["nf_tables", "nf_nat"]),
             ("nft_masq", &["nf_tables", "nf_nat"]),
+            ("fuse", &[]),
+            ("virtiofs", &["fuse", "virtio", "virtio_ring"]),
         ];
         for (name, depends) in tree {
             fs::write(
@@ -480,9 +482,10 @@ mod tests {
         assert!(at("nf_conntrack") < at("nf_nat"));
         assert!(at("nf_nat") < at("nft_masq"));
         assert!(at("virtio_ring") < at("virtio_balloon"));
+        assert!(at("fuse") < at("virtiofs"));
         assert_eq!(
             lines.len(),
-            20,
+            22,
             "built-in modules must not be listed:\n{order}"
         );
         for line in &lines {

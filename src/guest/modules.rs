@@ -21,10 +21,10 @@ use super::modinfo::{self, ModinfoError};
 /// network, vsock to the host, the balloon that gives free memory back to
 /// the host (free page reporting), the data disk's filesystem (with its
 /// checksum helpers), overlayfs for distros, the socket diagnostics the
-/// agent reads listening ports with, and veth plus nftables NAT for distros
-/// with a network of their own (the initramfs has no `modprobe` for the
-/// kernel to load them on demand). Most are built into some kernels; those
-/// are skipped.
+/// agent reads listening ports with, veth plus nftables NAT for distros
+/// with a network of their own, and virtiofs for host shares (the
+/// initramfs has no `modprobe` for the kernel to load them on demand).
+/// Most are built into some kernels; those are skipped.
 pub const UTILITY_VM_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
@@ -44,6 +44,8 @@ pub const UTILITY_VM_MODULES: &[&str] = &[
     "veth",
     "nft_chain_nat",
     "nft_masq",
+    "fuse",
+    "virtiofs",
 ];
 
 /// A module file's name endings and how its contents are stored.

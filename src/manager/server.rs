@@ -363,6 +363,11 @@ impl Manager {
             }
         };
         if matches!(*slot, VmSlot::Running { .. }) && state::is_running(&self.paths) {
+            // A share whose daemon died stays broken until the VM restarts:
+            // every command says so.
+            for message in control::failed_shares(&self.paths) {
+                let _ = send(conn, &FromManager::Progress { message }).await;
+            }
             return Ok(());
         }
         let config = config_for(backend)?;

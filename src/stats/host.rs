@@ -162,6 +162,7 @@ mod tests {
             cpus: 1,
             kernel_version: "k".into(),
             console_log: "/c".into(),
+            shares: Vec::new(),
         };
 
         let stats = read(&VmPaths::new(dir.path().to_path_buf()), &state, &disk);

@@ -214,6 +214,18 @@ pub async fn boot(
         kernel.version
     ));
 
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let shares = super::shares::plan(config.share_home, home.as_deref(), &config.mount);
+    for line in &shares.skipped {
+        progress(line);
+    }
+    let virtiofsd = super::virtiofsd::find_binary(config.virtiofsd.as_deref());
+    if virtiofsd.is_none() && !shares.shares.is_empty() {
+        progress(
+            "Host directories are not shared: virtiofsd is missing; install it with: cargo install virtiofsd (or set share_home = false in config.toml)",
+        );
+    }
+
     let runner_log = crate::paths::create_private(&paths.runner_log(), false)
         .map_err(runtime_err(&paths.runner_log()))?;
     let exe = std::env::current_exe().map_err(runtime_err(Path::new("/proc/self/exe")))?;
@@ -249,6 +261,13 @@ pub async fn boot(
     if kvm {
         cmd.arg("--kvm");
     }
+    if let Some(virtiofsd) = &virtiofsd {
+        cmd.arg("--virtiofsd").arg(virtiofsd);
+        for share in &shares.shares {
+            cmd.arg("--share")
+                .arg(serde_json::to_string(share).expect("a share is plain data"));
+        }
+    }
     // SAFETY: setsid in the forked child detaches the runner from this
     // terminal's session so it outlives the command and ignores its Ctrl-C.
     unsafe {
@@ -264,7 +283,12 @@ pub async fn boot(
     })
     .await;
     match &result {
-        Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "agent answered"),
+        Ok(()) => {
+            tracing::info!(elapsed = ?started.elapsed(), "agent answered");
+            for line in failed_shares(paths) {
+                progress(&line);
+            }
+        }
         Err(_) => {
             // Killing the runner takes QEMU with it (parent-death signal);
             // its files would claim a VM that no longer exists.
@@ -274,6 +298,13 @@ pub async fn boot(
         }
     }
     result.map(|()| runner)
+}
+
+/// A line for each host share of the running VM that is not served.
+pub fn failed_shares(paths: &VmPaths) -> Vec<String> {
+    VmState::read(&paths.state_file())
+        .map(|state| state.shares.into_iter().filter_map(|s| s.failed).collect())
+        .unwrap_or_default()
 }
 
 /// Waits until the agent answers, failing when `alive` says the VM is gone

@@ -7,4 +7,6 @@ pub mod data_disk;
 pub mod passt;
 pub mod qemu;
 pub mod runner;
+pub mod shares;
 pub mod state;
+pub mod virtiofsd;

@@ -43,6 +43,8 @@ pub struct QemuSpec {
     /// passt's socket and the guest network it serves; no network device
     /// when absent.
     pub network: Option<(PathBuf, GuestNetwork)>,
+    /// Host shares and the vhost-user sockets of their virtiofsd.
+    pub shares: Vec<(super::shares::Share, PathBuf)>,
 }
 
 impl QemuSpec {
@@ -88,6 +90,10 @@ impl QemuSpec {
             cmdline.push(' ');
             cmdline.push_str(&network.kernel_args());
         }
+        for (share, _) in &self.shares {
+            cmdline.push(' ');
+            cmdline.push_str(&share.kernel_arg());
+        }
         push(cmdline);
         push("-chardev".into());
         push(format!(
@@ -123,6 +129,15 @@ impl QemuSpec {
             push("-device".into());
             push("virtio-net-device,netdev=net".into());
         }
+        for (share, socket) in &self.shares {
+            push("-chardev".into());
+            push(format!("socket,id={},path={}", share.tag, escape(socket)));
+            push("-device".into());
+            push(format!(
+                "vhost-user-fs-device,chardev={tag},tag={tag},queue-size=1024",
+                tag = share.tag
+            ));
+        }
         a
     }
 }
@@ -157,6 +172,15 @@ mod tests {
             console_log: "/d/console.log".into(),
             tsc_khz: Some(2_600_000),
             network: Some(("/r/net.sock".into(), GuestNetwork::default())),
+            shares: vec![(
+                super::super::shares::Share {
+                    tag: "share0".into(),
+                    host: "/home/a".into(),
+                    guest: "/home/a".into(),
+                    read_only: true,
+                },
+                "/r/share0.sock".into(),
+            )],
         }
     }
 
@@ -210,5 +234,16 @@ mod tests {
         );
         assert!(args.contains("-device virtio-net-device,netdev=net"));
         assert!(args.contains("distroctl.ip=10.0.2.15/24 distroctl.gw=10.0.2.2"));
+    }
+
+    #[test]
+    fn each_share_is_a_vhost_user_fs_device_and_a_kernel_argument() {
+        let args = joined(&spec(false));
+
+        assert!(args.contains("-chardev socket,id=share0,path=/r/share0.sock"));
+        assert!(
+            args.contains("-device vhost-user-fs-device,chardev=share0,tag=share0,queue-size=1024")
+        );
+        assert!(args.contains("distroctl.share=share0,ro,2f686f6d652f61"));
     }
 }

@@ -16,7 +16,9 @@ use thiserror::Error;
 
 use super::passt::GuestNetwork;
 use super::qemu::{QemuSpec, GUEST_CID};
-use super::state::{try_lock, VmPaths, VmState};
+use super::shares::Share;
+use super::state::{try_lock, ShareState, VmPaths, VmState};
+use super::virtiofsd::Virtiofsd;
 
 /// What the runner is told by the CLI that started it.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,6 +59,17 @@ pub struct RunnerArgs {
     /// Runtime directory.
     #[arg(long)]
     pub runtime_dir: PathBuf,
+    /// A host directory to share with the VM, as JSON (see
+    /// [`super::shares::Share`]); one flag per share.
+    #[arg(long = "share", value_name = "JSON", value_parser = parse_share)]
+    pub shares: Vec<Share>,
+    /// The virtio-fs daemon that serves the shares.
+    #[arg(long, requires = "shares")]
+    pub virtiofsd: Option<PathBuf>,
+}
+
+fn parse_share(s: &str) -> Result<Share, String> {
+    serde_json::from_str(s).map_err(|e| format!("bad share {s:?}: {e}"))
 }
 
 /// The runner could not run the VM.
@@ -116,8 +129,12 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     let network = GuestNetwork::default();
     let passt = super::passt::start_in(&paths.dir, &network);
     let net = passt.as_ref().map(|p| (p.socket(), &network));
+    // One daemon per share; a share whose daemon does not start is left
+    // out of the VM and reported, the VM boots without it.
+    let (mut daemons, mut share_states) = start_virtiofsd(&args, &paths.dir);
+    let shared: Vec<(&Share, &Path)> = daemons.iter().map(|d| (d.share(), d.socket())).collect();
     let (mut cmd, vsock_backend) = match (&args.vmm, &args.qemu) {
-        (Some(vmm), _) => (own_vmm_command(vmm, &args, &paths, net), None),
+        (Some(vmm), _) => (own_vmm_command(vmm, &args, &paths, net, &shared), None),
         (None, Some(qemu)) => {
             let backend = vmm::vhost_user::spawn_vhost_user_vsock(
                 &paths.vhost_socket(),
@@ -137,6 +154,10 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
                 console_log: args.console_log.clone(),
                 tsc_khz: super::accel::tsc_khz(),
                 network: net.map(|(socket, network)| (socket.to_owned(), *network)),
+                shares: shared
+                    .iter()
+                    .map(|(share, socket)| ((*share).clone(), socket.to_path_buf()))
+                    .collect(),
             };
             let mut cmd = Command::new(&spec.binary);
             cmd.args(spec.args());
@@ -169,7 +190,7 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         "VM monitor started"
     );
 
-    let state = VmState {
+    let mut state = VmState {
         runner_pid: std::process::id(),
         vmm_pid: monitor.id(),
         backend: backend_name.into(),
@@ -181,12 +202,18 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
         cpus: args.cpus,
         kernel_version: args.kernel_version.clone(),
         console_log: args.console_log.clone(),
+        shares: std::mem::take(&mut share_states),
     };
     if let Err(e) = state.write(&paths.state_file()) {
         tracing::warn!(error = %e, "cannot write vm.json");
     }
 
     let code = loop {
+        if notice_dead_daemons(&mut daemons, &mut state.shares) {
+            if let Err(e) = state.write(&paths.state_file()) {
+                tracing::warn!(error = %e, "cannot write vm.json");
+            }
+        }
         match monitor.try_wait() {
             Ok(Some(status)) => break status.code().unwrap_or(1),
             Ok(None) => {}
@@ -203,8 +230,75 @@ pub fn run(args: RunnerArgs) -> Result<i32, RunnerError> {
     tracing::info!(code, "VM monitor exited");
     drop(vsock_backend);
     drop(passt);
+    drop(daemons);
     paths.remove_runtime_files();
     Ok(code)
+}
+
+/// Starts a `virtiofsd` for each share; returns the running ones and the
+/// state of every share (with why it failed, for those that did not start).
+fn start_virtiofsd(args: &RunnerArgs, dir: &Path) -> (Vec<Virtiofsd>, Vec<ShareState>) {
+    let mut daemons = Vec::new();
+    let mut states = Vec::new();
+    for share in &args.shares {
+        let started = match &args.virtiofsd {
+            Some(binary) => {
+                Virtiofsd::start(binary, share, dir).map_err(|e| crate::describe(&e, true))
+            }
+            None => Err("no virtiofsd to serve it".to_owned()),
+        };
+        let failed = match started {
+            Ok(daemon) => {
+                daemons.push(daemon);
+                None
+            }
+            Err(why) => {
+                tracing::error!(host = %share.host.display(), "share not served: {why}");
+                Some(format!("{} is not shared: {why}", share.host.display()))
+            }
+        };
+        states.push(ShareState {
+            share: share.clone(),
+            failed,
+        });
+    }
+    (daemons, states)
+}
+
+/// Records a daemon that has ended in its share's state; true when one has.
+/// Its share gives I/O errors in the guest until the VM restarts.
+fn notice_dead_daemons(daemons: &mut Vec<Virtiofsd>, states: &mut [ShareState]) -> bool {
+    let mut changed = false;
+    daemons.retain_mut(|daemon| {
+        let Some(how) = daemon.ended() else {
+            return true;
+        };
+        tracing::error!("{how}");
+        if let Some(state) = states.iter_mut().find(|s| s.share == *daemon.share()) {
+            state.failed = Some(format!(
+                "{how}; files under {} give I/O errors until the VM restarts (`distroctl shutdown`, then any command)",
+                state.share.guest
+            ));
+        }
+        changed = true;
+        false
+    });
+    changed
+}
+
+/// The kernel command line both monitors give the guest: the fixed part,
+/// the network's addresses for init, and each share for the agent.
+fn kernel_cmdline(net: Option<&GuestNetwork>, shares: &[(&Share, &Path)]) -> String {
+    let mut cmdline = super::qemu::KERNEL_CMDLINE.to_owned();
+    if let Some(network) = net {
+        cmdline.push(' ');
+        cmdline.push_str(&network.kernel_args());
+    }
+    for (share, _) in shares {
+        cmdline.push(' ');
+        cmdline.push_str(&share.kernel_arg());
+    }
+    cmdline
 }
 
 /// The `distroctl-vmm` command line for this VM: the same kernel,
@@ -216,12 +310,9 @@ fn own_vmm_command(
     args: &RunnerArgs,
     paths: &VmPaths,
     net: Option<(&Path, &GuestNetwork)>,
+    shares: &[(&Share, &Path)],
 ) -> Command {
-    let mut cmdline = super::qemu::KERNEL_CMDLINE.to_owned();
-    if let Some((_, network)) = net {
-        cmdline.push(' ');
-        cmdline.push_str(&network.kernel_args());
-    }
+    let cmdline = kernel_cmdline(net.map(|(_, n)| n), shares);
     let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(&args.kernel)
@@ -248,6 +339,10 @@ fn own_vmm_command(
             .arg(socket)
             .arg("--net-mtu")
             .arg(network.mtu.min(u16::MAX.into()).to_string());
+    }
+    for (share, socket) in shares {
+        cmd.arg("--fs")
+            .arg(format!("{}={}", share.tag, socket.display()));
     }
     cmd
 }
@@ -288,6 +383,8 @@ mod tests {
             disk: "/d/data.img".into(),
             console_log: "/d/console.log".into(),
             runtime_dir: "/r".into(),
+            shares: Vec::new(),
+            virtiofsd: None,
         }
     }
 
@@ -295,7 +392,13 @@ mod tests {
     /// directory `/r`, with passt serving `net` or without passt.
     fn own_vmm_args(net: Option<(&Path, &GuestNetwork)>) -> Vec<String> {
         let paths = VmPaths::new("/r".into());
-        let cmd = own_vmm_command(Path::new("/bin/distroctl-vmm"), &runner_args(), &paths, net);
+        let cmd = own_vmm_command(
+            Path::new("/bin/distroctl-vmm"),
+            &runner_args(),
+            &paths,
+            net,
+            &[],
+        );
         cmd.get_args()
             .map(OsStr::to_string_lossy)
             .map(String::from)
@@ -351,5 +454,54 @@ mod tests {
         assert_eq!(value(&args, "--cpus"), Some("2"));
         assert_eq!(value(&args, "--console"), Some("/d/console.log"));
         assert_eq!(value(&args, "--stats-file"), Some("/r/monitor-stats.json"));
+    }
+
+    #[test]
+    fn own_vmm_gets_each_share_as_a_device_and_the_agent_its_guest_path() {
+        let share = Share {
+            tag: "share0".into(),
+            host: "/home/a".into(),
+            guest: "/home/a".into(),
+            read_only: false,
+        };
+        let socket = Path::new("/r/share0.sock");
+        let paths = VmPaths::new("/r".into());
+
+        let cmd = own_vmm_command(
+            Path::new("/bin/distroctl-vmm"),
+            &runner_args(),
+            &paths,
+            None,
+            &[(&share, socket)],
+        );
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+
+        assert_eq!(value(&args, "--fs"), Some("share0=/r/share0.sock"));
+        assert!(value(&args, "--cmdline")
+            .unwrap()
+            .ends_with(" distroctl.share=share0,rw,2f686f6d652f61"));
+    }
+
+    #[test]
+    fn a_share_without_a_daemon_is_reported_and_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = runner_args();
+        args.shares = vec![Share {
+            tag: "share0".into(),
+            host: dir.path().into(),
+            guest: "/x".into(),
+            read_only: false,
+        }];
+        args.virtiofsd = Some(dir.path().join("no-such-virtiofsd"));
+
+        let (daemons, states) = start_virtiofsd(&args, dir.path());
+
+        assert!(daemons.is_empty());
+        assert_eq!(states.len(), 1);
+        let failed = states[0].failed.as_deref().unwrap();
+        assert!(failed.contains("is not shared: cannot start"), "{failed}");
     }
 }

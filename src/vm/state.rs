@@ -95,6 +95,21 @@ pub struct VmState {
     pub kernel_version: String,
     /// Serial console log.
     pub console_log: PathBuf,
+    /// Host directories shared with the VM, and what became of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareState>,
+}
+
+/// A host share of the running VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareState {
+    /// What is shared and where.
+    #[serde(flatten)]
+    pub share: super::shares::Share,
+    /// Why it is not served (its daemon did not start or has died), in
+    /// one line for the user; `None` while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl VmState {
@@ -177,6 +192,15 @@ mod tests {
             cpus: 5,
             kernel_version: "6".into(),
             console_log: "/c".into(),
+            shares: vec![ShareState {
+                share: super::super::shares::Share {
+                    tag: "share0".into(),
+                    host: "/home/a".into(),
+                    guest: "/home/a".into(),
+                    read_only: false,
+                },
+                failed: Some("virtiofsd exited".into()),
+            }],
         };
 
         state.write(&dir.path().join("vm.json")).unwrap();

@@ -163,7 +163,9 @@ pub struct UserSetup {
     /// Shell command (run with `/bin/sh -c` as root) that installs sudo.
     pub install_sudo: String,
     /// Shell command template that creates the user: `{user}`, `{group}`
-    /// (the admin group) and `{shell}` are replaced before it runs. Sudo
+    /// (the admin group), `{shell}` and `{home}` (the home directory,
+    /// `/home/USER` unless the shared host home is there) are replaced
+    /// before it runs. Sudo
     /// rights come from a file the installer writes to `/etc/sudoers.d/`,
     /// since not every distro's sudoers enables the admin group.
     pub add_user: String,
