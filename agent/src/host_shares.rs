@@ -78,7 +78,7 @@ fn parse_one(value: &str) -> Option<HostShare> {
     let sane = guest.starts_with('/')
         && !guest.contains('\0')
         && guest.split('/').all(|p| p != "..")
-        && guest.trim_matches('/') != "";
+        && !guest.trim_matches('/').is_empty();
     sane.then(|| HostShare {
         tag: tag.to_owned(),
         guest,

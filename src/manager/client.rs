@@ -102,6 +102,10 @@ pub async fn acquire(backend: Option<&str>) -> Result<(AgentAddr, Lease), Manage
         loop {
             match recv(&mut conn).await {
                 Ok(FromManager::Progress { message }) => progress(&message),
+                Ok(FromManager::Warning { message }) => {
+                    eprintln!("distroctl: {message}");
+                    tracing::warn!("{message}");
+                }
                 Ok(FromManager::Ready { vsock, port }) => {
                     let lease = hold(conn);
                     return Ok((AgentAddr::HybridVsock { path: vsock, port }, lease));

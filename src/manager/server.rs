@@ -366,11 +366,14 @@ impl Manager {
             // A share whose daemon died stays broken until the VM restarts:
             // every command says so.
             for message in control::failed_shares(&self.paths) {
-                let _ = send(conn, &FromManager::Progress { message }).await;
+                let _ = send(conn, &FromManager::Warning { message }).await;
             }
             return Ok(());
         }
         let config = config_for(backend)?;
+        for message in control::share_plan(&config).2 {
+            let _ = send(conn, &FromManager::Warning { message }).await;
+        }
         // Boot steps go to this client as they happen.
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let progress = move |message: &str| {
@@ -392,6 +395,9 @@ impl Manager {
         }
         match result {
             Ok(runner) => {
+                for message in control::failed_shares(&self.paths) {
+                    let _ = send(conn, &FromManager::Warning { message }).await;
+                }
                 self.touch();
                 *slot = VmSlot::Running {
                     runner: Some(runner),

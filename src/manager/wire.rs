@@ -32,6 +32,12 @@ pub enum FromManager {
         /// One line for the user.
         message: String,
     },
+    /// Something the user should know whatever the terminal (a host share
+    /// left out, say); printed on stderr.
+    Warning {
+        /// One line for the user.
+        message: String,
+    },
     /// The VM runs; its agent is reached through this hybrid vsock socket.
     Ready {
         /// The VM's vsock Unix socket.

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use super::accel::{self, HostFacts};
 use super::data_disk::{self, DataDiskError};
+use super::shares::SharePlan;
 use super::state::{self, VmPaths, VmState};
 use crate::agent_client::{self, AgentAddr};
 use crate::config::{Config, KvmFlavor};
@@ -214,17 +215,7 @@ pub async fn boot(
         kernel.version
     ));
 
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let shares = super::shares::plan(config.share_home, home.as_deref(), &config.mount);
-    for line in &shares.skipped {
-        progress(line);
-    }
-    let virtiofsd = super::virtiofsd::find_binary(config.virtiofsd.as_deref());
-    if virtiofsd.is_none() && !shares.shares.is_empty() {
-        progress(
-            "Host directories are not shared: virtiofsd is missing; install it with: cargo install virtiofsd (or set share_home = false in config.toml)",
-        );
-    }
+    let (shares, virtiofsd, _) = share_plan(config);
 
     let runner_log = crate::paths::create_private(&paths.runner_log(), false)
         .map_err(runtime_err(&paths.runner_log()))?;
@@ -283,12 +274,7 @@ pub async fn boot(
     })
     .await;
     match &result {
-        Ok(()) => {
-            tracing::info!(elapsed = ?started.elapsed(), "agent answered");
-            for line in failed_shares(paths) {
-                progress(&line);
-            }
-        }
+        Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "agent answered"),
         Err(_) => {
             // Killing the runner takes QEMU with it (parent-death signal);
             // its files would claim a VM that no longer exists.
@@ -298,6 +284,23 @@ pub async fn boot(
         }
     }
     result.map(|()| runner)
+}
+
+/// The host shares a VM booted with `config` gets, the daemon that serves
+/// them (`None`: none is installed, nothing is shared), and a line for the
+/// user for each configured share left out.
+pub fn share_plan(config: &Config) -> (SharePlan, Option<PathBuf>, Vec<String>) {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut plan = super::shares::plan(config.share_home, home.as_deref(), &config.mount);
+    let virtiofsd = super::virtiofsd::find_binary(config.virtiofsd.as_deref());
+    let mut lines = std::mem::take(&mut plan.skipped);
+    if virtiofsd.is_none() && !plan.shares.is_empty() {
+        lines.push(
+            "host directories are not shared: virtiofsd is missing; install it with scripts/install-virtiofsd or `cargo install virtiofsd` (or set share_home = false in config.toml)".into(),
+        );
+        plan.shares.clear();
+    }
+    (plan, virtiofsd, lines)
 }
 
 /// A line for each host share of the running VM that is not served.
