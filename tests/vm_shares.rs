@@ -262,7 +262,7 @@ fn daemon_of(socket: &Path) -> Option<i32> {
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             let is_it = args.first().is_some_and(|a| a.ends_with(b"virtiofsd"))
-                && args.iter().any(|a| *a == wanted.as_bytes());
+                && args.contains(&wanted.as_bytes());
             is_it.then_some(pid)
         })
 }
