@@ -53,6 +53,15 @@ pub enum VirtiofsdError {
         /// Its log file.
         log: PathBuf,
     },
+    /// An ordinary user's daemon needs a user namespace, and the host
+    /// allows none.
+    #[error("virtiofsd cannot sandbox itself without root: this host disables unprivileged user namespaces ({setting}); enable them (e.g. sudo sysctl -w {fix}) or set share_home = false and remove [[mount]] entries")]
+    NoUserNamespaces {
+        /// The setting that disables them, as found.
+        setting: String,
+        /// The sysctl that enables them.
+        fix: String,
+    },
     /// The socket did not appear in time.
     #[error("virtiofsd did not create {} within {SOCKET_TIMEOUT:?}", socket.display())]
     Timeout {
@@ -125,6 +134,25 @@ pub fn args(share: &Share, socket: &Path, uid: u32, gid: u32) -> Vec<String> {
     args
 }
 
+/// The sysctl under `proc_sys` that keeps ordinary users from creating user
+/// namespaces, as `name = value`, with the setting that allows them.
+fn user_namespaces_disabled(proc_sys: &Path) -> Option<(String, String)> {
+    let read = |name: &str| {
+        std::fs::read_to_string(proc_sys.join(name.replace('.', "/")))
+            .ok()
+            .map(|v| v.trim().to_owned())
+    };
+    let checks = [
+        ("kernel.unprivileged_userns_clone", "0", "1"),
+        ("user.max_user_namespaces", "0", "15000"),
+        ("kernel.apparmor_restrict_unprivileged_userns", "1", "0"),
+    ];
+    checks.into_iter().find_map(|(name, off, on)| {
+        (read(name).as_deref() == Some(off))
+            .then(|| (format!("{name} = {off}"), format!("{name}={on}")))
+    })
+}
+
 /// A running daemon; killed when dropped.
 #[derive(Debug)]
 pub struct Virtiofsd {
@@ -153,6 +181,11 @@ impl Virtiofsd {
             })?;
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
+        if uid != 0 {
+            if let Some((setting, fix)) = user_namespaces_disabled(Path::new("/proc/sys")) {
+                return Err(VirtiofsdError::NoUserNamespaces { setting, fix });
+            }
+        }
         let mut cmd = Command::new(binary);
         cmd.args(args(share, &socket, uid, gid))
             .stdin(Stdio::null())
@@ -262,6 +295,25 @@ mod tests {
         assert!(args.contains("--translate-uid squash-guest:0:0:4294967295"));
         assert!(args.contains("--translate-gid host:0:1000:1"));
         assert!(args.contains("--readonly"));
+    }
+
+    #[test]
+    fn disabled_user_namespaces_are_named_with_the_setting_that_enables_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("kernel")).unwrap();
+        std::fs::create_dir_all(dir.path().join("user")).unwrap();
+        std::fs::write(dir.path().join("user/max_user_namespaces"), "15000\n").unwrap();
+        assert_eq!(user_namespaces_disabled(dir.path()), None);
+
+        std::fs::write(dir.path().join("kernel/unprivileged_userns_clone"), "0\n").unwrap();
+
+        assert_eq!(
+            user_namespaces_disabled(dir.path()),
+            Some((
+                "kernel.unprivileged_userns_clone = 0".into(),
+                "kernel.unprivileged_userns_clone=1".into()
+            ))
+        );
     }
 
     #[test]
