@@ -72,7 +72,9 @@ pub enum VirtiofsdError {
 
 /// The configured daemon, else `virtiofsd` on `PATH`, in `~/.cargo/bin`
 /// (where `cargo install virtiofsd` puts it) or where distributions
-/// install it.
+/// install the Rust daemon (`/usr/libexec`). QEMU's older C daemon
+/// (`/usr/lib/qemu/virtiofsd` in Debian 12) takes other options and is
+/// never used.
 pub fn find_binary(configured: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = configured {
         return Some(path.to_owned());
@@ -85,11 +87,7 @@ pub fn find_binary(configured: Option<&Path>) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .chain(cargo_bin)
         .map(|dir| dir.join("virtiofsd"))
-        .chain(
-            ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
-                .into_iter()
-                .map(PathBuf::from),
-        )
+        .chain([PathBuf::from("/usr/libexec/virtiofsd")])
         .find(|candidate| candidate.is_file())
 }
 
