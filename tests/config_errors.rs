@@ -53,6 +53,22 @@ fn each_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed() {
             "idle_timeout = \"0\"",
             "\"never\"",
         ),
+        ("share_home = 1\n", "share_home = 1", "true or false"),
+        (
+            "[[mount]]\nhost = \"data\"\n",
+            "mount host = \"data\"",
+            "absolute path",
+        ),
+        (
+            "[[mount]]\nhost = \"/srv\"\nguest = \"/usr\"\n",
+            "mount guest = \"/usr\"",
+            "pick another guest path",
+        ),
+        (
+            "virtiofsd = \"/nonexistent/virtiofsd\"\n",
+            "virtiofsd = \"/nonexistent/virtiofsd\"",
+            "cargo install virtiofsd",
+        ),
     ];
     for (config, names, allowed) in cases {
         let (err, home) = config_error(Some(config));
