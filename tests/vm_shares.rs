@@ -18,7 +18,7 @@ use common::{debian_rootfs, text, Cli};
 /// real directories, plus a `[[mount]]` whose host directory is missing.
 fn share_vm(ro_dir: &Path) -> TestVm {
     TestVm::new(&format!(
-        "[[mount]]\nhost = \"{}\"\nguest = \"/ro\"\nread_only = true\n\n[[mount]]\nhost = \"/nonexistent/distroctl-share\"\nguest = \"/gone\"\n",
+        "share_home = true\n[[mount]]\nhost = \"{}\"\nguest = \"/ro\"\nread_only = true\n\n[[mount]]\nhost = \"/nonexistent/distroctl-share\"\nguest = \"/gone\"\n",
         ro_dir.display()
     ))
 }

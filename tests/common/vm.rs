@@ -52,7 +52,15 @@ impl TestVm {
         if !extra.contains("backend =") {
             text.push_str(&format!("backend = \"{}\"\n", test_backend()));
         }
-        for (key, value) in [("memory", "\"1G\""), ("cpus", "2"), ("disk_size", "\"8G\"")] {
+        for (key, value) in [
+            ("memory", "\"1G\""),
+            ("cpus", "2"),
+            ("disk_size", "\"8G\""),
+            // Suites about other things run without host shares, as before
+            // shares existed; `vm_shares` turns them on (and with them our
+            // VMM's shared-memfd guest RAM).
+            ("share_home", "false"),
+        ] {
             if !extra.contains(&format!("{key} =")) {
                 text.push_str(&format!("{key} = {value}\n"));
             }
