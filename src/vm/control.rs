@@ -252,7 +252,7 @@ pub async fn boot(
     if kvm {
         cmd.arg("--kvm");
     }
-    if let Some(virtiofsd) = &virtiofsd {
+    if let Some(virtiofsd) = virtiofsd.as_ref().filter(|_| !shares.shares.is_empty()) {
         cmd.arg("--virtiofsd").arg(virtiofsd);
         for share in &shares.shares {
             cmd.arg("--share")
