@@ -86,14 +86,10 @@ impl QemuSpec {
         if let Some(khz) = self.tsc_khz.filter(|_| !self.kvm) {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
-        if let Some((_, network)) = &self.network {
-            cmdline.push(' ');
-            cmdline.push_str(&network.kernel_args());
-        }
-        for (share, _) in &self.shares {
-            cmdline.push(' ');
-            cmdline.push_str(&share.kernel_arg());
-        }
+        cmdline.push_str(&guest_kernel_args(
+            self.network.as_ref().map(|(_, n)| n),
+            self.shares.iter().map(|(share, _)| share),
+        ));
         push(cmdline);
         push("-chardev".into());
         push(format!(
@@ -140,6 +136,25 @@ impl QemuSpec {
         }
         a
     }
+}
+
+/// The kernel command line words both monitors append for the guest, each
+/// with a leading space: the network's addresses for init, then each host
+/// share for the agent.
+pub fn guest_kernel_args<'a>(
+    network: Option<&GuestNetwork>,
+    shares: impl IntoIterator<Item = &'a super::shares::Share>,
+) -> String {
+    let mut words = String::new();
+    if let Some(network) = network {
+        words.push(' ');
+        words.push_str(&network.kernel_args());
+    }
+    for share in shares {
+        words.push(' ');
+        words.push_str(&share.kernel_arg());
+    }
+    words
 }
 
 /// TCG's translation cache in MiB. QEMU 7.2 sizes it at 1 GiB by default

@@ -286,21 +286,6 @@ fn notice_dead_daemons(daemons: &mut Vec<Virtiofsd>, states: &mut [ShareState]) 
     changed
 }
 
-/// The kernel command line both monitors give the guest: the fixed part,
-/// the network's addresses for init, and each share for the agent.
-fn kernel_cmdline(net: Option<&GuestNetwork>, shares: &[(&Share, &Path)]) -> String {
-    let mut cmdline = super::qemu::KERNEL_CMDLINE.to_owned();
-    if let Some(network) = net {
-        cmdline.push(' ');
-        cmdline.push_str(&network.kernel_args());
-    }
-    for (share, _) in shares {
-        cmdline.push(' ');
-        cmdline.push_str(&share.kernel_arg());
-    }
-    cmdline
-}
-
 /// The `distroctl-vmm` command line for this VM: the same kernel,
 /// initramfs, command line, data disk, vsock socket and network (passt's
 /// socket `net`, the addresses on the kernel command line for init) as
@@ -312,7 +297,11 @@ fn own_vmm_command(
     net: Option<(&Path, &GuestNetwork)>,
     shares: &[(&Share, &Path)],
 ) -> Command {
-    let cmdline = kernel_cmdline(net.map(|(_, n)| n), shares);
+    let cmdline = format!(
+        "{}{}",
+        super::qemu::KERNEL_CMDLINE,
+        super::qemu::guest_kernel_args(net.map(|(_, n)| n), shares.iter().map(|(s, _)| *s))
+    );
     let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(&args.kernel)
