@@ -452,21 +452,18 @@ fn distro_root_cannot_detach_or_override_its_device_filter() {
     );
     assert!(stderr.contains("Operation not permitted"), "{stderr}");
     // The filtered group is not one the distro can open: its processes
-    // (and its cgroup namespace root) are one level below it.
+    // are below its cgroup namespace root, itself one level below it.
     let group = cgroups.join("distroctl/unfilter");
     let direct = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
-    let below = std::fs::read_to_string(group.join("distro/cgroup.procs")).unwrap();
+    let init = std::fs::read_to_string(group.join("distro/init.scope/cgroup.procs")).unwrap();
     assert!(
         direct.trim().is_empty(),
         "processes in the filtered group: {direct}"
     );
-    assert!(
-        !below.trim().is_empty(),
-        "no processes below the filtered group"
-    );
+    assert!(!init.trim().is_empty(), "no PID 1 below the filtered group");
     assert_eq!(
         agent.sh("unfilter", "grep '^0::' /proc/self/cgroup").trim(),
-        "0::/"
+        "0::/distroctl-exec"
     );
     assert_unharmed(&agent, "bystander");
 }

@@ -29,6 +29,26 @@ fn vm_runs_distros_and_keeps_them_across_shutdown() {
     let state = vm.state().expect("vm.json while running");
     assert_eq!(state["backend"], common::vm::test_backend().as_str());
 
+    // The distro's cgroup root holds no process and has every controller,
+    // so a runtime in it (systemd, Docker, Podman) delegates as on a
+    // machine of its own.
+    let cgroups = vm.sh(
+        "alpha",
+        "cat /sys/fs/cgroup/cgroup.controllers; cat /sys/fs/cgroup/cgroup.procs; \
+         echo '+memory +pids +cpu +cpuset' >/sys/fs/cgroup/cgroup.subtree_control && echo delegated",
+    );
+    for controller in ["cpuset", "cpu", "io", "memory", "pids"] {
+        assert!(
+            cgroups
+                .lines()
+                .next()
+                .unwrap()
+                .split(' ')
+                .any(|c| c == controller),
+            "{cgroups}"
+        );
+    }
+    assert_eq!(cgroups.lines().nth(1), Some("delegated"), "{cgroups}");
     vm.sh("alpha", "echo kept > /root/note");
     vm.sh("beta", "setsid sleep 4646 </dev/null >/dev/null 2>&1 &");
     assert_stats_follow_the_workload(&vm, "beta");

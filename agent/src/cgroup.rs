@@ -1,10 +1,16 @@
 //! cgroup v2 groups for distros: `<cgroup root>/distroctl/<name>` holds the
-//! device filter and the limits, and is where statistics are read; the
-//! distro's processes run in its child `distro`, the root of the distro's
-//! cgroup namespace and of its `/sys/fs/cgroup`. Root in the distro can
-//! open only that child, so it can neither detach the filter nor raise
-//! the limits, and a runtime inside the distro can still make groups and
-//! filters of its own below it.
+//! device filter and the limits, and is where statistics are read; its
+//! child `distro` is the root of the distro's cgroup namespace and of its
+//! `/sys/fs/cgroup`. Root in the distro can open only that child, so it can
+//! neither detach the filter nor raise the limits, and a runtime inside the
+//! distro can still make groups and filters of its own below it.
+//!
+//! No process stays in that root: PID 1 moves to `init.scope` (where the
+//! distro's systemd puts itself anyway) and every `exec` runs in
+//! `distroctl-exec`. cgroup v2 lets a group hand controllers to its
+//! children only while it holds no processes itself, so this is what lets
+//! systemd, Docker and Podman in the distro delegate controllers from the
+//! root as they do on a machine of their own.
 //!
 //! When the configured root is not a cgroup2 mount, distros start without a
 //! group, without limits and without a device filter; the log says so.
@@ -19,8 +25,14 @@ use thiserror::Error;
 /// `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// The child group a distro's processes run in.
+/// The child group at the root of a distro's cgroup namespace.
 const PROCESSES_GROUP: &str = "distro";
+
+/// Where the distro's PID 1 runs, below [`PROCESSES_GROUP`].
+pub const INIT_GROUP: &str = "init.scope";
+
+/// Where every `exec` into the distro runs, below [`PROCESSES_GROUP`].
+pub const EXEC_GROUP: &str = "distroctl-exec";
 
 /// Period used for `cpu.max`, in microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -63,7 +75,7 @@ pub struct DistroCgroup {
 
 impl Cgroups {
     /// Uses `root` when it is a cgroup2 mount; creates `root/distroctl` and
-    /// delegates the memory, cpu, pids and io controllers to it where possible.
+    /// delegates every controller to it where possible.
     pub fn detect(root: &Path) -> Option<Cgroups> {
         let stat = nix::sys::statfs::statfs(root).ok()?;
         if stat.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
@@ -116,6 +128,7 @@ impl Cgroups {
         }
         enable_controllers(&path);
         make_group(&path.join(PROCESSES_GROUP))?;
+        make_group(&path.join(PROCESSES_GROUP).join(INIT_GROUP))?;
         let applied = self.apply_limits(name, limits);
         Ok(DistroCgroup {
             path,
@@ -166,10 +179,23 @@ fn make_group(path: &Path) -> Result<(), CgroupError> {
 }
 
 impl DistroCgroup {
-    /// The group the distro's processes join (its PID 1 and every exec):
-    /// the root of its cgroup namespace.
+    /// The root of the distro's cgroup namespace: PID 1 enters it to make
+    /// the namespace, then leaves for [`DistroCgroup::init_group`].
     pub fn processes(&self) -> PathBuf {
         self.path.join(PROCESSES_GROUP)
+    }
+
+    /// The group of the distro's PID 1.
+    pub fn init_group(&self) -> PathBuf {
+        self.processes().join(INIT_GROUP)
+    }
+
+    /// The group every `exec` joins, made again when root in the distro
+    /// removed it.
+    pub fn exec_group(&self) -> Result<PathBuf, CgroupError> {
+        let path = self.processes().join(EXEC_GROUP);
+        make_group(&path)?;
+        Ok(path)
     }
 
     /// Kills every process in the group (`cgroup.kill`, Linux 5.14+).
@@ -243,12 +269,12 @@ fn enable_controllers(dir: &Path) {
     let Ok(available) = fs::read_to_string(dir.join("cgroup.controllers")) else {
         return;
     };
-    // io only for its `io.stat` (no io limits are set).
-    for c in ["memory", "cpu", "pids", "io"] {
-        if available.split_whitespace().any(|a| a == c) {
-            if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
-                tracing::debug!(dir = %dir.display(), controller = c, error = %e, "controller not delegated");
-            }
+    // Every controller the VM has: memory, cpu and pids carry the limits,
+    // io its statistics, and the rest (cpuset, hugetlb, ...) are for the
+    // container runtimes and the systemd inside a distro.
+    for c in available.split_whitespace() {
+        if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
+            tracing::debug!(dir = %dir.display(), controller = c, error = %e, "controller not delegated");
         }
     }
 }
@@ -287,6 +313,10 @@ mod tests {
         assert_eq!(
             group.processes(),
             Path::new("/sys/fs/cgroup/distroctl/d/distro")
+        );
+        assert_eq!(
+            group.init_group(),
+            Path::new("/sys/fs/cgroup/distroctl/d/distro/init.scope")
         );
     }
 }

@@ -33,6 +33,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long terminate waits for a distro's processes to disappear.
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a distro's systemd gets to stop its services on terminate
+/// before the distro is killed (systemd-nspawn and WSL wait about as long).
+const SYSTEMD_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether the distro whose PID 1 is `pid1` runs its own systemd (the
+/// reaper is named `init`; systemd names itself `systemd`).
+fn runs_systemd(pid1: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid1}/comm")).is_ok_and(|c| c.trim_end() == "systemd")
+}
+
 /// Failure of a lifecycle operation.
 #[derive(Debug, Error)]
 pub enum LifecycleError {
@@ -286,13 +296,14 @@ impl Distros {
             .env_clear()
             .env(ROLE_ENV, "1")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        let open_procs = |group: PathBuf| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(group.join("cgroup.procs"))
+                .map_err(spawn_err)
+        };
         let procs = match &cgroup {
-            Some(g) => Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(g.processes().join("cgroup.procs"))
-                    .map_err(spawn_err)?,
-            ),
+            Some(g) => Some((open_procs(g.processes())?, open_procs(g.init_group())?)),
             None => None,
         };
         let isolated = settings.network == NetworkMode::Isolated;
@@ -306,10 +317,10 @@ impl Distros {
         // data it owns.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(procs) = &procs {
+                if let Some((root, _)) = &procs {
                     // cgroup first, so the new cgroup namespace is rooted at
                     // the distro's processes group, below its filter.
-                    nix::unistd::write(procs, b"0")?;
+                    nix::unistd::write(root, b"0")?;
                 }
                 crate::namespaces::default_signal_actions_in_child()?;
                 unshare(
@@ -319,6 +330,11 @@ impl Distros {
                         | CloneFlags::CLONE_NEWCGROUP
                         | net_flag,
                 )?;
+                if let Some((_, init)) = &procs {
+                    // Then out of that root into a leaf, so that the root
+                    // can hand controllers down (see crate::cgroup).
+                    nix::unistd::write(init, b"0")?;
+                }
                 Ok(())
             });
         }
@@ -525,6 +541,20 @@ impl Distros {
         let Some(mut running) = self.running(name).await else {
             return Ok(());
         };
+        // A distro's own systemd gets to stop its services first, as
+        // systemd-nspawn asks it to: SIGRTMIN+3 means "power off".
+        if runs_systemd(running.pid1) {
+            // SAFETY: kill(2) with a signal number; no memory is involved.
+            let _ = unsafe { libc::kill(running.pid1, libc::SIGRTMIN() + 3) };
+            if tokio::time::timeout(SYSTEMD_STOP_TIMEOUT, running.wait_stopped())
+                .await
+                .is_ok()
+            {
+                tracing::info!(distro = name, "distro's systemd powered off");
+                return Ok(());
+            }
+            tracing::warn!(distro = name, timeout = ?SYSTEMD_STOP_TIMEOUT, "systemd did not power off in time; killing the distro");
+        }
         // Killing PID 1 makes the kernel kill the whole PID namespace; the
         // cgroup catches anything that escaped it.
         let _ = kill(Pid::from_raw(running.pid1), Signal::SIGKILL);

@@ -287,7 +287,11 @@ async fn spawn(
         Some(g) => Some(
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(g.processes().join("cgroup.procs"))
+                .open(
+                    g.exec_group()
+                        .map_err(|e| error(ErrorKind::Internal, crate::error_chain(&e)))?
+                        .join("cgroup.procs"),
+                )
                 .map_err(|e| internal("open the distro's cgroup", e))?
                 .into(),
         ),
