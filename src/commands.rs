@@ -147,7 +147,11 @@ impl Session {
 pub async fn run(cli: Cli) -> Result<i32, AnyError> {
     match &cli.command {
         Command::Status => return status::show(&cli.agent_socket).await.map(|()| 0),
-        Command::Logs { lines } => return status::logs(*lines).map(|()| 0),
+        Command::Logs { name: None, lines } => return status::logs(*lines).map(|()| 0),
+        Command::Logs {
+            name: Some(name),
+            lines,
+        } => return status::distro_console(&cli.agent_socket, name, *lines).await,
         Command::Stats {
             names,
             watch,

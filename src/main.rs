@@ -196,8 +196,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the end of the utility VM's console log and the VM runner's log.
+    /// Show the end of the utility VM's logs (manager, console, runner), or
+    /// with NAME the console of a distro that runs its own systemd.
     Logs {
+        /// A distro's console instead (what its own systemd printed as it
+        /// booted and stopped).
+        name: Option<String>,
         /// Lines of each log.
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,

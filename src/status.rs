@@ -159,6 +159,45 @@ pub fn logs(lines: usize) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// `logs NAME`: the last `lines` lines of the distro's console, read from
+/// the agent of the running VM (never boots it); the exit status.
+pub async fn distro_console(
+    agent_socket: &Option<PathBuf>,
+    name: &str,
+    lines: usize,
+) -> Result<i32, AnyError> {
+    let addr = match agent_socket {
+        Some(path) => AgentAddr::Unix(path.clone()),
+        None if crate::stats::running_vm().is_none() => {
+            return Err(format!(
+                "the utility VM is not running; a distro's console is kept in the VM                  (`distroctl start {name}`, then `distroctl logs {name}`)"
+            )
+            .into())
+        }
+        None => control::agent_addr(&control::paths()),
+    };
+    let request = Request::ConsoleLog {
+        name: name.to_string(),
+        lines: u32::try_from(lines).unwrap_or(u32::MAX),
+    };
+    match agent_client::request(&addr, request).await {
+        Ok((_, Response::ConsoleLog { text: Some(text) })) => {
+            println!("{text}");
+            Ok(0)
+        }
+        Ok((_, Response::ConsoleLog { text: None })) => Err(format!(
+            "{name} has no console log: only a distro that runs its own systemd has one \
+             (`distroctl configure {name} --systemd true`)"
+        )
+        .into()),
+        Ok(_) => Err(agent_client::ClientError::Unexpected("console_log".into()).into()),
+        Err(agent_client::ClientError::Agent(e)) if e.kind == protocol::ErrorKind::NotFound => {
+            Err(format!("{e}; `distroctl list` shows the installed distros").into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Prints the effective configuration.
 pub fn config() -> Result<(), AnyError> {
     let path = Config::default_path();

@@ -43,6 +43,10 @@ pub struct DistroInitConfig {
     pub systemd: bool,
     /// Mount cgroup2 at `/sys/fs/cgroup` (the agent made a group for it).
     pub cgroup: bool,
+    /// A terminal of the VM's (a PTY slave the agent records) to bind
+    /// over the distro's `/dev/console`.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
     /// Host shares to bind at their guest paths.
     #[serde(default)]
     pub shares: Vec<ShareMount>,
@@ -182,6 +186,9 @@ fn setup(config: &DistroInitConfig) -> Result<(), SetupError> {
         )?;
     }
     setup_dev(&root.join("dev"))?;
+    if let Some(console) = &config.console {
+        attach_console(console, &root.join("dev/console"))?;
+    }
     mount_fs(
         "tmpfs",
         &root.join("run"),
@@ -390,6 +397,26 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
         symlink(target, dev.join(name)).step(|| format!("create /dev/{name}"))?;
     }
     Ok(())
+}
+
+/// Binds the console the agent made (a PTY slave it records) over
+/// `/dev/console`, as systemd-nspawn does.
+fn attach_console(console: &Path, target: &Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .step(|| "create /dev/console".into())?;
+    mount(
+        Some(console),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| format!("bind the console {} over /dev/console", console.display()))
 }
 
 /// Makes `root` the root directory: `pivot_root(".", ".")` then detach the

@@ -6,6 +6,7 @@ pub mod adoption;
 pub mod archive;
 pub mod cgroup;
 pub mod clock;
+pub mod console;
 pub mod device_filter;
 pub mod distro_init;
 pub mod distro_root;

@@ -37,6 +37,42 @@ const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// before the distro is killed (systemd-nspawn and WSL wait about as long).
 const SYSTEMD_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a start waits for a distro's systemd to listen before the
+/// first command runs anyway.
+const SYSTEMD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the distro's systemd listens on its private socket, so that
+/// the first `systemctl` after a start reaches it (as in WSL, where the
+/// first command waits for systemd). Looked up inside the distro's root:
+/// its symlinks lead nowhere else.
+async fn wait_for_systemd(name: &str, pid1: i32) {
+    let root = PathBuf::from(format!("/proc/{pid1}/root"));
+    let distro = name.to_string();
+    let listening = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + SYSTEMD_READY_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            let socket = DistroRoot::open(&distro, &root)
+                .and_then(|r| r.kind("/run/systemd/private"))
+                .is_ok_and(|k| k == crate::distro_root::Kind::Other);
+            if socket {
+                return true;
+            }
+            if !runs_systemd(pid1) && !root.exists() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if listening {
+        tracing::info!(distro = name, "distro's systemd is listening");
+    } else {
+        tracing::warn!(distro = name, timeout = ?SYSTEMD_READY_TIMEOUT, "distro's systemd did not open its socket in time; going on");
+    }
+}
+
 /// Whether the distro whose PID 1 is `pid1` runs its own systemd (the
 /// reaper is named `init`; systemd names itself `systemd`).
 fn runs_systemd(pid1: i32) -> bool {
@@ -52,6 +88,15 @@ pub enum LifecycleError {
     /// Spawning the distro's PID 1 failed.
     #[error("could not start distro {name}")]
     Spawn {
+        /// Distro.
+        name: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Its console log could not be read.
+    #[error("could not read the console log of distro {name}")]
+    ConsoleLog {
         /// Distro.
         name: String,
         /// Cause.
@@ -91,7 +136,9 @@ impl LifecycleError {
             LifecycleError::Spawn { .. }
             | LifecycleError::Cgroup { .. }
             | LifecycleError::Setup { .. } => ErrorKind::StartFailed,
-            LifecycleError::StopTimeout(_) => ErrorKind::Internal,
+            LifecycleError::StopTimeout(_) | LifecycleError::ConsoleLog { .. } => {
+                ErrorKind::Internal
+            }
             LifecycleError::Settings(SettingsError::NoSuchUser { .. }) => ErrorKind::NoSuchUser,
             LifecycleError::Settings(_) => ErrorKind::BadRequest,
         };
@@ -272,10 +319,22 @@ impl Distros {
             source,
         };
 
+        // A distro's own systemd gets a console (its /dev/console) that the
+        // agent records for `distroctl logs NAME`.
+        let console = if settings.systemd {
+            Some(crate::console::Console::open().map_err(spawn_err)?)
+        } else {
+            None
+        };
+        let console_path = match &console {
+            Some(c) => Some(c.slave_path().map_err(spawn_err)?),
+            None => None,
+        };
         let init_config = serde_json::to_vec(&DistroInitConfig {
             name: name.to_string(),
             rootfs: rootfs.clone(),
             systemd: settings.systemd,
+            console: console_path,
             cgroup: cgroup.is_some(),
             shares: match settings.mounts {
                 protocol::HostMounts::On => self
@@ -398,7 +457,13 @@ impl Distros {
             });
         }
 
+        if settings.systemd {
+            wait_for_systemd(name, pid1).await;
+        }
         let (tx, rx) = watch::channel(false);
+        if let Some(console) = console {
+            console.record(crate::console::log_path(&rootfs), rx.clone());
+        }
         let running = Running {
             pid1,
             cgroup,
@@ -627,6 +692,24 @@ impl Distros {
         self.store.remove(name)?;
         tracing::info!(distro = name, "unregistered");
         Ok(())
+    }
+
+    /// The last `lines` lines of the console of `name`'s latest start with
+    /// its own systemd; `None` when it never had one.
+    pub async fn console_log(
+        &self,
+        name: &str,
+        lines: u32,
+    ) -> Result<Option<String>, LifecycleError> {
+        let path = crate::console::log_path(&self.store.rootfs(name)?);
+        tokio::task::spawn_blocking(move || crate::console::tail(&path, lines))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| LifecycleError::ConsoleLog {
+                name: name.to_string(),
+                source,
+            })
     }
 
     /// Terminates every running distro.

@@ -318,6 +318,10 @@ impl Agent {
                 },
                 Err(e) => e.to_response(),
             },
+            Request::ConsoleLog { name, lines } => match distros.console_log(&name, lines).await {
+                Ok(text) => Response::ConsoleLog { text },
+                Err(e) => e.to_response(),
+            },
             Request::WatchPorts => return crate::port_watch::serve(conn).await,
             Request::Connect { distro, port } => {
                 return crate::relay::serve(conn, distro, port, distros).await

@@ -285,6 +285,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         names: Vec<String>,
     },
+    /// The last lines of a distro's console: what its own systemd printed
+    /// as it booted and stopped (its latest start); answered by
+    /// `console_log`.
+    ConsoleLog {
+        /// Distro to show.
+        name: String,
+        /// At most this many lines, the last ones.
+        lines: u32,
+    },
     /// Drop the guest's clean page cache and compact its free memory, so
     /// that free page reporting hands it back to the host; answered by
     /// `memory_trimmed`. The manager sends it when the VM is idle.
@@ -506,6 +515,13 @@ pub enum Response {
         distros: Vec<DistroStats>,
         /// The VM's memory.
         guest: GuestMemory,
+    },
+    /// A distro's console (answer to `console_log`).
+    ConsoleLog {
+        /// The lines asked for; absent when the distro has no console log
+        /// (it never ran its own systemd).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
     },
     /// The page cache was trimmed (answer to `trim_memory`).
     MemoryTrimmed {

@@ -100,7 +100,7 @@ impl Source {
 }
 
 /// `vm.json` of the running VM.
-fn running_vm() -> Option<state::VmState> {
+pub(crate) fn running_vm() -> Option<state::VmState> {
     let paths = control::paths();
     state::VmState::read(&paths.state_file()).filter(|_| state::is_running(&paths))
 }

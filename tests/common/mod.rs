@@ -55,18 +55,28 @@ pub fn binary(name: &str) -> PathBuf {
 /// `scripts/test-rootfs` (mmdebstrap through the host's apt configuration).
 pub fn debian_rootfs() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-rootfs");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/test-rootfs");
-        assert!(
-            out.status.success(),
-            "scripts/test-rootfs failed; install mmdebstrap (apt-get install mmdebstrap) or run .ci/run"
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    PATH.get_or_init(|| test_rootfs(&[]))
+}
+
+/// The same with systemd as its init, dbus, logind and openssh-server
+/// (`scripts/test-rootfs --systemd`).
+pub fn debian_systemd_rootfs() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| test_rootfs(&["--systemd"]))
+}
+
+fn test_rootfs(args: &[&str]) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-rootfs");
+    let out = Command::new(&script)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/test-rootfs");
+    assert!(
+        out.status.success(),
+        "scripts/test-rootfs {args:?} failed; install mmdebstrap (apt-get install mmdebstrap) or run .ci/run"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A running agent with a private data directory.

@@ -2,7 +2,7 @@
 //! pipes, and the byte streams between the process and the client.
 
 mod passwd;
-mod pty;
+pub(crate) mod pty;
 
 use std::ffi::CString;
 use std::io;
