@@ -40,6 +40,24 @@ fn systemd_distro_boots_keeps_its_services_and_powers_off() {
     assert_eq!(services, "active\n".repeat(4), "{services}");
     assert!(journal.contains("written-to-the-journal"), "{journal}");
 
+    // A shell is a login session of the distro's logind, with the user's
+    // own systemd and runtime directory.
+    let mut shell = vm.cli();
+    shell.args(["shell", "sd"]);
+    common::assert_interactive_shell(shell);
+    let mut shell = vm.cli();
+    shell.args(["shell", "sd"]);
+    let session = common::shell_transcript(
+        shell,
+        "echo sessions=$(loginctl list-sessions --no-legend | wc -l) runtime=$XDG_RUNTIME_DIR; \
+         systemctl --user show-environment >/dev/null && echo user-manager-up",
+    );
+    assert!(
+        session.contains("sessions=1 runtime=/run/user/0"),
+        "{session}"
+    );
+    assert!(session.contains("user-manager-up\r\n"), "{session}");
+
     // Its console: what systemd printed as it booted.
     let console = text(&vm.ok(&["logs", "sd", "-n", "200"]).stdout);
     assert!(console.contains("Welcome to Debian"), "{console}");

@@ -75,7 +75,7 @@ async fn wait_for_systemd(name: &str, pid1: i32) {
 
 /// Whether the distro whose PID 1 is `pid1` runs its own systemd (the
 /// reaper is named `init`; systemd names itself `systemd`).
-fn runs_systemd(pid1: i32) -> bool {
+pub fn runs_systemd(pid1: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid1}/comm")).is_ok_and(|c| c.trim_end() == "systemd")
 }
 

@@ -339,8 +339,65 @@ fn read_until(master: &mut std::fs::File, needle: &str, seen: &mut String) -> bo
 /// terminal emulator would, and checks: a root prompt appears, a command
 /// runs, the window size is seen, `exit 3` gives status 3, and the terminal
 /// mode is restored afterwards.
-pub fn assert_interactive_shell(mut cmd: Command) {
+pub fn assert_interactive_shell(cmd: Command) {
     use std::io::Write;
+    let (mut child, mut master, slave, before) = on_terminal(cmd);
+    let mut seen = String::new();
+
+    assert!(
+        read_until(&mut master, "# ", &mut seen),
+        "no root prompt: {seen:?}"
+    );
+    master.write_all(b"echo hi-$((40+2)); stty size\r").unwrap();
+    assert!(read_until(&mut master, "hi-42", &mut seen), "{seen:?}");
+    assert!(read_until(&mut master, "40 100", &mut seen), "{seen:?}");
+    master.write_all(b"exit 3\r").unwrap();
+    let status = child.wait().unwrap();
+
+    assert_eq!(status.code(), Some(3));
+    let after = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert_eq!(
+        before.local_flags, after.local_flags,
+        "terminal mode restored"
+    );
+    assert_eq!(
+        before.input_flags, after.input_flags,
+        "terminal mode restored"
+    );
+}
+
+/// Runs `cmd` (a `distroctl shell …`) on a real terminal, waits for a root
+/// prompt, types `line` and `exit`, and returns what the terminal showed.
+pub fn shell_transcript(cmd: Command, line: &str) -> String {
+    use std::io::Write;
+    let (mut child, mut master, _slave, _) = on_terminal(cmd);
+    let mut seen = String::new();
+    assert!(
+        read_until(&mut master, "# ", &mut seen),
+        "no root prompt: {seen:?}"
+    );
+    master
+        .write_all(format!("{line}; echo transcript-$((6*7))\r").as_bytes())
+        .unwrap();
+    assert!(
+        read_until(&mut master, "transcript-42\r\n", &mut seen),
+        "{seen:?}"
+    );
+    master.write_all(b"exit\r").unwrap();
+    child.wait().unwrap();
+    seen
+}
+
+/// Starts `cmd` on a new 40×100 PTY as its controlling terminal; returns
+/// the child, the master, the slave and the slave's mode before.
+fn on_terminal(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    std::fs::File,
+    std::os::fd::OwnedFd,
+    nix::sys::termios::Termios,
+) {
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
             ws_row: 40,
@@ -368,30 +425,8 @@ pub fn assert_interactive_shell(mut cmd: Command) {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut master = std::fs::File::from(pty.master);
-    let mut seen = String::new();
-
-    assert!(
-        read_until(&mut master, "# ", &mut seen),
-        "no root prompt: {seen:?}"
-    );
-    master.write_all(b"echo hi-$((40+2)); stty size\r").unwrap();
-    assert!(read_until(&mut master, "hi-42", &mut seen), "{seen:?}");
-    assert!(read_until(&mut master, "40 100", &mut seen), "{seen:?}");
-    master.write_all(b"exit 3\r").unwrap();
-    let status = child.wait().unwrap();
-
-    assert_eq!(status.code(), Some(3));
-    let after = nix::sys::termios::tcgetattr(&slave).unwrap();
-    assert_eq!(
-        before.local_flags, after.local_flags,
-        "terminal mode restored"
-    );
-    assert_eq!(
-        before.input_flags, after.input_flags,
-        "terminal mode restored"
-    );
+    let child = cmd.spawn().unwrap();
+    (child, std::fs::File::from(pty.master), slave, before)
 }
 
 /// A distro workload for `stats`: fills 32 MiB of its `/tmp` (tmpfs, so

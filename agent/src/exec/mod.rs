@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use protocol::{ErrorKind, ExecRequest, Frame, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::distro_root::{off_runtime, DistroFileError, DistroRoot};
+use crate::distro_root::{off_runtime, DistroFileError, DistroRoot, Kind};
 use crate::lifecycle::{Distros, Running};
 use crate::namespaces::{default_signal_actions_in_child, spawn_in_pid_ns, DistroNamespaces};
 use crate::server::Connection;
@@ -146,12 +146,34 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
     let (user, cwd) = resolve_user_and_cwd(&req.distro, running.pid1, spec, req.cwd.clone())
         .await
         .map_err(|e| e.to_response())?;
-    let (program, arg0, args) = match req.argv.split_first() {
-        Some((prog, rest)) => (prog.clone(), prog.clone(), rest.to_vec()),
-        None => {
+    let su = match (&req.argv[..], &req.tty) {
+        ([], Some(_)) => session_su(&req.distro, &running).await,
+        _ => None,
+    };
+    let via_su = su.is_some();
+    let (program, arg0, args) = match (req.argv.split_first(), su) {
+        (Some((prog, rest)), _) => (prog.clone(), prog.clone(), rest.to_vec()),
+        // A shell in a distro that runs its own systemd is a login session
+        // of its logind (as in WSL2), so that `loginctl`, the user's
+        // systemd (`systemctl --user`) and XDG_RUNTIME_DIR are there:
+        // root runs `su -l USER`, whose PAM session registers with logind
+        // and which exits with the shell's status (`login -f` does not).
+        (None, Some(su)) => (su, "su".into(), vec!["-l".into(), user.name.clone()]),
+        (None, None) => {
             let base = user.shell.rsplit('/').next().unwrap_or("sh");
             (user.shell.clone(), format!("-{base}"), Vec::new())
         }
+    };
+    let user = if via_su {
+        passwd::User {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            ..user
+        }
+    } else {
+        user
     };
     let mut env = vec![
         ("HOME".into(), user.home.clone()),
@@ -195,6 +217,25 @@ async fn prepare(req: &ExecRequest, distros: &Arc<Distros>) -> Result<(Running, 
         return Err(error(ErrorKind::BadRequest, "argument contains a NUL byte"));
     }
     Ok((running, plan))
+}
+
+/// `su` of a distro that runs its own systemd, when it has one.
+async fn session_su(distro: &str, running: &Running) -> Option<String> {
+    if !crate::lifecycle::runs_systemd(running.pid1) {
+        return None;
+    }
+    let root = PathBuf::from(format!("/proc/{}/root", running.pid1));
+    let name = distro.to_string();
+    off_runtime(distro, move || {
+        let root = DistroRoot::open(&name, &root)?;
+        Ok(["/usr/bin/su", "/bin/su"]
+            .into_iter()
+            .find(|path| matches!(root.kind(path), Ok(Kind::File { mode }) if mode & 0o111 != 0)))
+    })
+    .await
+    .ok()
+    .flatten()
+    .map(str::to_string)
 }
 
 /// Why the user or working directory of an exec cannot be used.
