@@ -712,14 +712,17 @@ impl Distros {
             })
     }
 
-    /// Terminates every running distro.
+    /// Terminates every running distro, all at once: a distro's own
+    /// systemd may take seconds to power off, and the VM's shutdown waits
+    /// for the slowest, not for their sum.
     pub async fn terminate_all(&self) {
         let names: Vec<String> = self.running.lock().await.keys().cloned().collect();
-        for name in names {
-            if let Err(e) = self.terminate(&name).await {
+        let stops = names.iter().map(|name| async move {
+            if let Err(e) = self.terminate(name).await {
                 tracing::warn!(distro = %name, error = %crate::error_chain(&e), "terminate failed");
             }
-        }
+        });
+        futures_util::future::join_all(stops).await;
     }
 
     /// State of every installed distro.
