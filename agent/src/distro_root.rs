@@ -206,6 +206,16 @@ impl DistroRoot {
         Ok(kind_of(st.st_mode))
     }
 
+    /// Whether `path` is an executable regular file inside the distro (a
+    /// missing one is not).
+    pub fn is_executable(&self, path: &str) -> Result<bool, DistroFileError> {
+        match self.kind(path) {
+            Ok(Kind::File { mode }) => Ok(mode & 0o111 != 0),
+            Ok(_) | Err(DistroFileError::Missing { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Checks that `path` is a directory inside the distro.
     pub fn require_directory(&self, path: &str) -> Result<(), DistroFileError> {
         self.open_directory(path).map(drop)

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,15 +49,20 @@ async fn wait_for_systemd(name: &str, pid1: i32) {
     let root = PathBuf::from(format!("/proc/{pid1}/root"));
     let distro = name.to_string();
     let listening = tokio::task::spawn_blocking(move || {
+        // Opened once: PID 1 entered its root before it said ready. It is
+        // gone when the distro stopped meanwhile.
+        let Ok(root) = DistroRoot::open(&distro, &root) else {
+            return false;
+        };
         let deadline = std::time::Instant::now() + SYSTEMD_READY_TIMEOUT;
         while std::time::Instant::now() < deadline {
-            let socket = DistroRoot::open(&distro, &root)
-                .and_then(|r| r.kind("/run/systemd/private"))
-                .is_ok_and(|k| k == crate::distro_root::Kind::Other);
-            if socket {
+            if root
+                .kind("/run/systemd/private")
+                .is_ok_and(|k| k == crate::distro_root::Kind::Other)
+            {
                 return true;
             }
-            if !runs_systemd(pid1) && !root.exists() {
+            if !Path::new(&format!("/proc/{pid1}")).exists() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));

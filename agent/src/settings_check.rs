@@ -5,7 +5,7 @@
 use protocol::{DistroSettings, Limits};
 use thiserror::Error;
 
-use crate::distro_root::{DistroFileError, DistroRoot, Kind};
+use crate::distro_root::{DistroFileError, DistroRoot};
 use crate::exec::lookup;
 
 /// Where a distro's own init must be for `systemd = true`.
@@ -93,16 +93,11 @@ pub fn check_against_root(
 
 /// True when `/sbin/init` and systemd are executable files in the distro.
 pub fn has_systemd(root: &DistroRoot) -> Result<bool, DistroFileError> {
-    let executable = |path: &str| match root.kind(path) {
-        Ok(Kind::File { mode }) => Ok(mode & 0o111 != 0),
-        Ok(_) | Err(DistroFileError::Missing { .. }) => Ok(false),
-        Err(e) => Err(e),
-    };
-    if !executable(INIT)? {
+    if !root.is_executable(INIT)? {
         return Ok(false);
     }
     for path in SYSTEMD_BINARIES {
-        if executable(path)? {
+        if root.is_executable(path)? {
             return Ok(true);
         }
     }

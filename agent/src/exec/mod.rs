@@ -22,7 +22,7 @@ use protocol::{ErrorKind, ExecRequest, Frame, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::distro_root::{off_runtime, DistroFileError, DistroRoot, Kind};
+use crate::distro_root::{off_runtime, DistroFileError, DistroRoot};
 use crate::lifecycle::{Distros, Running};
 use crate::namespaces::{default_signal_actions_in_child, spawn_in_pid_ns, DistroNamespaces};
 use crate::server::Connection;
@@ -230,7 +230,7 @@ async fn session_su(distro: &str, running: &Running) -> Option<String> {
         let root = DistroRoot::open(&name, &root)?;
         Ok(["/usr/bin/su", "/bin/su"]
             .into_iter()
-            .find(|path| matches!(root.kind(path), Ok(Kind::File { mode }) if mode & 0o111 != 0)))
+            .find(|path| root.is_executable(path).unwrap_or(false)))
     })
     .await
     .ok()
